@@ -1,0 +1,215 @@
+"""MoL (Mixture of Languages) configuration.
+
+This file is copied flat into every exported checkpoint as remote code: it imports nothing of this project and
+nothing that a plain `torch` + `transformers` install lacks.
+"""
+
+import re
+
+from transformers import PretrainedConfig
+
+
+# The classes a checkpoint's `auto_map` points at. `save_pretrained` only writes the entry of the class being
+# saved, so the whole map is set here, on every config.
+MOL_AUTO_MAP = {
+    "AutoConfig": "configuration_mol.MoLConfig",
+    "AutoModel": "modeling_mol.MoLModel",
+    "AutoModelForMaskedLM": "modeling_mol.MoLForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_mol.MoLForSequenceClassification",
+}
+
+GROUP_LAYOUTS = ("stacked", "interleaved", "lid", "dense", "all")
+GROUPED_GEMM_BACKENDS = ("auto", "hub_kernel", "grouped_mm", "loop")
+CLASSIFIER_POOLINGS = ("cls", "mean")
+_LID_SIZES = re.compile(r"^lid[:\-](\d+)-(\d+)-(\d+)$")
+
+
+def resolve_group_layers(layout, num_hidden_layers):
+    """Turn a named layout (or an explicit list) into the sorted list of group-specific block indices.
+
+    - `stacked`: a quarter of the blocks at each end (the paper's 6-12-6 of 24);
+    - `interleaved`: every other block, starting with a group block;
+    - `lid:a-b-c`: a group blocks, b shared, c group blocks (the paper's LID-based 6-9-9); plain `lid` is 6-9-9
+      and so only valid for 24 blocks;
+    - `dense`: none; `all`: every block.
+    """
+    n = num_hidden_layers
+    if isinstance(layout, (list, tuple)):
+        layers = []
+        for index in layout:
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+                raise ValueError(
+                    f"group_layers contains {index!r}, which is not a block index: valid indices are 0..{n - 1} "
+                    f"(num_hidden_layers={n})."
+                )
+            layers.append(index)
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"group_layers {list(layout)} lists a block more than once.")
+        return sorted(layers)
+    if not isinstance(layout, str):
+        raise ValueError(f"group_layers must be a list of block indices or a layout name, got {layout!r}.")
+    if layout == "dense":
+        return []
+    if layout == "all":
+        return list(range(n))
+    if layout == "stacked":
+        k = max(1, round(n / 4))
+        return sorted(set(range(k)) | set(range(n - k, n)))
+    if layout == "interleaved":
+        return list(range(0, n, 2))
+    if layout == "lid":
+        layout = "lid:6-9-9"
+    match = _LID_SIZES.match(layout)
+    if match:
+        a, b, c = (int(size) for size in match.groups())
+        if a + b + c != n:
+            raise ValueError(
+                f"group_layers={layout!r} describes {a}+{b}+{c}={a + b + c} blocks but num_hidden_layers={n}: "
+                f"give sizes that add up to {n}, e.g. 'lid:{n // 4}-{n - 2 * (n // 4)}-{n // 4}'."
+            )
+        return list(range(a)) + list(range(a + b, n))
+    raise ValueError(
+        f"Unknown group layout {layout!r}: use one of {list(GROUP_LAYOUTS)} (lid with sizes as 'lid:a-b-c'), "
+        "or an explicit list of block indices."
+    )
+
+
+class MoLConfig(PretrainedConfig):
+    r"""Configuration of a MoL encoder: an XLM-R encoder in which some blocks hold one weight copy per language group.
+
+    The XLM-R fields keep XLM-R's names and meanings (a `XLMRobertaConfig`'s values carry over unchanged). On top:
+
+    Args:
+        languages (`list[str]`): ordered FLORES-style codes (`eng_Latn`, ...); `lang_ids` passed to the model index it.
+        language_groups (`dict[str, list[str]]`): group name -> codes, a partition of `languages`. The group order
+            is the order of the weight copies in every group-specific block.
+        group_layers (`list[int]` or `str`): the group-specific block indices, or a layout name: `stacked`,
+            `interleaved`, `lid` / `lid:a-b-c`, `dense`, `all`. Stored resolved; the name stays in `group_layout`.
+        default_language (`str`, *optional*): the language used when a forward pass names none.
+        grouped_gemm_backend (`str`): `auto` (Hub kernel where it loads, else torch grouped_mm, else a per-group
+            loop), or force one of `hub_kernel`, `grouped_mm`, `loop`.
+        grouped_gemm_kernel (`str`, *optional*): Hub repo id of the grouped-GEMM kernel; `None` never loads one.
+        grouped_gemm_kernel_version (`int`): the kernel's major version (its `v<N>` branch).
+        classifier_pooling (`str`): `cls` (XLM-R's first-token head) or `mean` for sequence classification.
+    """
+
+    model_type = "mol"
+
+    def __init__(
+        self,
+        vocab_size=250002,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        initializer_range=0.02,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+        classifier_dropout=None,
+        classifier_pooling="cls",
+        languages=None,
+        language_groups=None,
+        group_layers="dense",
+        group_layout=None,
+        default_language=None,
+        grouped_gemm_backend="auto",
+        grouped_gemm_kernel="mol-encoders/mol-grouped-gemm",
+        grouped_gemm_kernel_version=1,
+        **kwargs,
+    ):
+        kwargs.setdefault("auto_map", dict(MOL_AUTO_MAP))
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.classifier_dropout = classifier_dropout
+        self.classifier_pooling = classifier_pooling
+        self.languages = list(languages or [])
+        self.language_groups = {name: list(codes) for name, codes in (language_groups or {}).items()}
+        self.group_layout = group_layout if group_layout is not None else (
+            group_layers if isinstance(group_layers, str) else "custom"
+        )
+        self.group_layers = resolve_group_layers(group_layers, num_hidden_layers)
+        self.default_language = default_language
+        self.grouped_gemm_backend = grouped_gemm_backend
+        self.grouped_gemm_kernel = grouped_gemm_kernel
+        self.grouped_gemm_kernel_version = grouped_gemm_kernel_version
+        self._validate_mol_fields()
+
+    def _validate_mol_fields(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads={self.num_attention_heads}."
+            )
+        if len(set(self.languages)) != len(self.languages):
+            repeated = sorted({code for code in self.languages if self.languages.count(code) > 1})
+            raise ValueError(f"languages lists {repeated} more than once.")
+        known = set(self.languages)
+        seen = {}
+        for group, codes in self.language_groups.items():
+            for code in codes:
+                if code not in known:
+                    raise ValueError(
+                        f"language_groups[{group!r}] contains {code!r}, which is not in languages {self.languages}."
+                    )
+                if code in seen:
+                    raise ValueError(f"{code!r} is in two language groups: {seen[code]!r} and {group!r}.")
+                seen[code] = group
+        missing = [code for code in self.languages if code not in seen]
+        if self.language_groups and missing:
+            raise ValueError(f"languages {missing} belong to no group of language_groups {list(self.language_groups)}.")
+        if self.group_layers and not self.language_groups:
+            raise ValueError(
+                f"group_layers={self.group_layers} needs language_groups (group name -> codes) to route sentences; "
+                "use group_layers='dense' for a model without group-specific blocks."
+            )
+        if self.default_language is not None and self.default_language not in known:
+            raise ValueError(f"default_language {self.default_language!r} is not in languages {self.languages}.")
+        if self.grouped_gemm_backend not in GROUPED_GEMM_BACKENDS:
+            raise ValueError(
+                f"grouped_gemm_backend {self.grouped_gemm_backend!r} is unknown: use one of {list(GROUPED_GEMM_BACKENDS)}."
+            )
+        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
+            raise ValueError(
+                f"classifier_pooling {self.classifier_pooling!r} is unknown: use one of {list(CLASSIFIER_POOLINGS)}."
+            )
+
+    @property
+    def num_groups(self):
+        """Number of weight copies in a group-specific block (1 when the model has no groups)."""
+        return max(1, len(self.language_groups))
+
+    @property
+    def group_names(self):
+        return list(self.language_groups)
+
+    def language_to_group(self):
+        """Index of each language's group, in the order of `languages` (all 0 without groups)."""
+        group_of = {code: g for g, codes in enumerate(self.language_groups.values()) for code in codes}
+        return [group_of.get(code, 0) for code in self.languages]
+
+
+__all__ = ["MoLConfig"]

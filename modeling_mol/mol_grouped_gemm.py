@@ -1,0 +1,143 @@
+"""Grouped linear layers for MoL: Y[rows of g] = X[rows of g] @ W[g] + b[g], the rows of each group contiguous.
+
+`offsets` are int32 cumulative row ends, one per group (the last equals the number of rows), kept on the device.
+Three implementations give the same numbers; `MoLGroupedGemm` picks one per device and logs the choice once:
+  1. the grouped-GEMM Hub kernel, fetched through `kernels` (CUDA tensors, kernels installed, repo configured);
+  2. torch's `grouped_mm` (one call for all groups, where its alignment and device rules hold);
+  3. a per-group loop of dense GEMMs (always available; needs the group sizes on the host).
+
+Flat remote-code helper: copied beside modeling_mol.py into every exported checkpoint.
+"""
+
+import torch
+import torch.nn.functional as F
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+BACKENDS = ("auto", "hub_kernel", "grouped_mm", "loop")
+_LOADED_KERNELS = {}
+_LOGGED_PATHS = set()
+
+
+def group_sizes(offsets):
+    """Rows per group from cumulative row ends (stays on the device)."""
+    return torch.diff(offsets, prepend=offsets.new_zeros(1))
+
+
+def bias_rows(bias, offsets, num_rows):
+    """The bias of every row's group, (rows, out), without moving group sizes to the host."""
+    return torch.repeat_interleave(bias, group_sizes(offsets).long(), dim=0, output_size=num_rows)
+
+
+def grouped_linear_loop(x, weight, bias, offsets):
+    """Reference: one dense GEMM per group."""
+    sizes = group_sizes(offsets).tolist()
+    outputs = []
+    for g, rows in enumerate(x.split(sizes)):
+        out = rows @ weight[g]
+        outputs.append(out if bias is None else out + bias[g])
+    return torch.cat(outputs)
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous: grouped_mm's backward rejects the
+    zero-stride gradients that reductions such as `.sum()` produce."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
+def grouped_linear_grouped_mm(x, weight, bias, offsets):
+    """torch.nn.functional.grouped_mm, with the bias added per row (grouped_mm's own bias has no gradient)."""
+    out = _ContiguousGrad.apply(F.grouped_mm(x, weight, offs=offsets))
+    return out if bias is None else out + bias_rows(bias, offsets, x.shape[0])
+
+
+def grouped_mm_unsupported_reason(x, weight):
+    """Why torch's grouped_mm cannot run these operands, or None when it can."""
+    if not hasattr(F, "grouped_mm"):
+        return f"torch {torch.__version__} has no torch.nn.functional.grouped_mm"
+    item = x.element_size()
+    if (weight.shape[1] * item) % 16 or (weight.shape[2] * item) % 16:
+        return f"grouped_mm needs rows of a multiple of 16 bytes; got in={weight.shape[1]}, out={weight.shape[2]} in {x.dtype}"
+    if x.is_cuda:
+        if x.dtype != torch.bfloat16:
+            return f"grouped_mm on CUDA takes bfloat16, not {x.dtype}"
+        if torch.cuda.get_device_capability(x.device) < (9, 0):
+            return "grouped_mm on CUDA needs compute capability 9.0 or newer"
+    elif x.device.type != "cpu":
+        return f"grouped_mm is not available on {x.device.type}"
+    return None
+
+
+def load_hub_kernel(repo_id, version):
+    """The grouped-GEMM kernel module from the Hub (or LOCAL_KERNELS), cached; raises if it cannot be loaded."""
+    key = (repo_id, version)
+    if key not in _LOADED_KERNELS:
+        try:
+            from kernels import get_kernel
+        except ImportError as error:
+            raise ImportError("the `kernels` package is not installed (pip install kernels)") from error
+        _LOADED_KERNELS[key] = get_kernel(repo_id, version=version)
+    return _LOADED_KERNELS[key]
+
+
+def _log_once(path, reason):
+    if path not in _LOGGED_PATHS:
+        _LOGGED_PATHS.add(path)
+        logger.info(f"MoL grouped GEMM: using {path}{f' ({reason})' if reason else ''}.")
+
+
+class MoLGroupedGemm:
+    """Chooses and calls a grouped-linear implementation. Not a module: it holds no weights, only the choice."""
+
+    def __init__(self, backend="auto", kernel_repo=None, kernel_version=1):
+        if backend not in BACKENDS:
+            raise ValueError(f"grouped GEMM backend {backend!r} is unknown: use one of {list(BACKENDS)}.")
+        self.backend = backend
+        self.kernel_repo = kernel_repo
+        self.kernel_version = kernel_version
+        self._choice = {}
+
+    def __call__(self, x, weight, bias, offsets):
+        key = (x.device.type, x.dtype, weight.shape[1], weight.shape[2])
+        if key not in self._choice:
+            self._choice[key] = self._choose(x, weight)
+        return self._choice[key](x, weight, bias, offsets)
+
+    def _choose(self, x, weight):
+        if self.backend in ("auto", "hub_kernel"):
+            kernel, reason = self._hub_kernel(x)
+            if kernel is not None:
+                _log_once(f"the Hub kernel {self.kernel_repo} v{self.kernel_version}", None)
+                return kernel.grouped_linear
+            if self.backend == "hub_kernel":
+                raise RuntimeError(f"grouped_gemm_backend='hub_kernel' but the kernel cannot be used: {reason}.")
+        if self.backend in ("auto", "grouped_mm"):
+            reason = grouped_mm_unsupported_reason(x, weight)
+            if reason is None:
+                _log_once(f"torch grouped_mm on {x.device.type}", None)
+                return grouped_linear_grouped_mm
+            if self.backend == "grouped_mm":
+                raise RuntimeError(f"grouped_gemm_backend='grouped_mm' cannot run here: {reason}.")
+        _log_once(f"the per-group loop on {x.device.type}", None if self.backend == "loop" else reason)
+        return grouped_linear_loop
+
+    def _hub_kernel(self, x):
+        if not self.kernel_repo:
+            return None, "no grouped_gemm_kernel is configured"
+        if not x.is_cuda:
+            return None, f"the Hub kernel runs on CUDA tensors, these are on {x.device.type}"
+        try:
+            return load_hub_kernel(self.kernel_repo, self.kernel_version), None
+        except Exception as error:  # a missing package, no network, an untrusted repo: fall back, say why
+            if self.backend == "auto":
+                logger.warning_once(f"MoL: the grouped-GEMM kernel {self.kernel_repo} did not load ({error}).")
+            return None, str(error)
