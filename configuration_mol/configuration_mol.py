@@ -81,8 +81,8 @@ class MoLConfig(PretrainedConfig):
 
     Args:
         languages (`list[str]`): ordered FLORES-style codes (`eng_Latn`, ...); `lang_ids` passed to the model index it.
-        language_groups (`dict[str, list[str]]`): group name -> codes, a partition of `languages`. The group order
-            is the order of the weight copies in every group-specific block.
+        language_groups (`dict[str, list[str]]`): group name -> codes, a partition of `languages`. Group g's weight
+            copy in every group-specific block is the g-th group in sorted name order.
         group_layers (`list[int]` or `str`): the group-specific block indices, or a layout name: `stacked`,
             `interleaved`, `lid` / `lid:a-b-c`, `dense`, `all`. Stored resolved; the name stays in `group_layout`.
         default_language (`str`, *optional*): the language used when a forward pass names none.
@@ -148,7 +148,9 @@ class MoLConfig(PretrainedConfig):
         self.classifier_dropout = classifier_dropout
         self.classifier_pooling = classifier_pooling
         self.languages = list(languages or [])
-        self.language_groups = {name: list(codes) for name, codes in (language_groups or {}).items()}
+        # Weight copies follow the sorted group names: config.json is written with sorted keys, so no other order
+        # would survive a save and load.
+        self.language_groups = {name: list(codes) for name, codes in sorted((language_groups or {}).items())}
         self.group_layout = group_layout if group_layout is not None else (
             group_layers if isinstance(group_layers, str) else "custom"
         )
