@@ -1,0 +1,124 @@
+"""Hub-native checkpoints: flat remote-code bundles that load through the Auto classes where the project is not
+importable, from a folder and from the loopback Hub."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config_kwargs
+from safetensors import safe_open
+from transformers import AutoTokenizer, pipeline
+from transformers.dynamic_module_utils import get_imports, get_relative_imports
+
+from configuration_mol import MoLConfig
+from modeling_mol import MoLForMaskedLM, MoLForSequenceClassification
+
+
+CLEAN_CHECK = Path(__file__).parent / "clean_load_check.py"
+FILL_TEXT = "All human beings are born <mask> and equal."
+REMOTE_CODE = {"configuration_mol.py", "modeling_mol.py", "mol_attention.py", "mol_grouped_gemm.py"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def models(tokenizer):
+    config = MoLConfig(**tiny_config_kwargs(vocab_size=len(tokenizer), group_layers=[1], num_labels=3))
+    torch.manual_seed(0)
+    mlm = MoLForMaskedLM(config).eval()
+    torch.manual_seed(1)
+    classifier = MoLForSequenceClassification(config).eval()
+    return mlm, classifier
+
+
+def expected_outputs(mlm, classifier, tokenizer, source, classifier_source):
+    """Inputs and the outputs the project computes, for the clean interpreter to compare against."""
+    encoded = tokenizer(["All human beings are born free.", "Alle Menschen sind frei.", "Tous les êtres humains."],
+                        padding=True, return_tensors="pt")
+    inputs = dict(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
+                  languages=["eng_Latn", "deu_Latn", "fra_Latn"])
+    mlm.set_default_language("fra_Latn")
+    fill = pipeline("fill-mask", model=mlm, tokenizer=tokenizer, device="cpu")
+    fill_tokens = [p["token"] for p in fill(FILL_TEXT.replace("<mask>", tokenizer.mask_token))]
+    mlm.set_default_language(None)
+    with torch.no_grad():
+        return dict(
+            source=str(source), classifier_source=str(classifier_source), inputs=inputs,
+            language_groups=mlm.config.language_groups,
+            logits=mlm(**inputs).logits, hidden=mlm.mol(**inputs).last_hidden_state,
+            class_logits=classifier(**inputs).logits,
+            fill_language="fra_Latn", fill_text=FILL_TEXT, fill_tokens=fill_tokens,
+        )
+
+
+def run_clean(expected, tmp_path, env=None):
+    path = tmp_path / "expected.pt"
+    torch.save(expected, path)
+    clean_env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    clean_env.update(HF_HOME=str(tmp_path / "fresh-hf-home"), **(env or {}))
+    result = subprocess.run(
+        [sys.executable, "-I", str(CLEAN_CHECK), str(path)],
+        cwd=tmp_path, env=clean_env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    return result.stdout
+
+
+def test_save_pretrained_writes_a_flat_remote_code_bundle(models, tokenizer, tmp_path):
+    mlm, _ = models
+    mlm.save_pretrained(tmp_path, tokenizer=tokenizer)
+    files = set(os.listdir(tmp_path))
+    assert REMOTE_CODE | {"config.json", "model.safetensors", "tokenizer_config.json", "tokenizer.json"} <= files
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_mol.MoLConfig",
+        "AutoModel": "modeling_mol.MoLModel",
+        "AutoModelForMaskedLM": "modeling_mol.MoLForMaskedLM",
+        "AutoModelForSequenceClassification": "modeling_mol.MoLForSequenceClassification",
+    }
+    assert config["model_type"] == "mol" and config["group_layers"] == [1]
+    with safe_open(tmp_path / "model.safetensors", "pt") as weights:
+        keys = set(weights.keys())
+        assert weights.get_tensor("mol.encoder.layer.1.attention.query.weight").shape == (3, 32, 32)
+    assert "lm_head.decoder.weight" not in keys and "lm_head.bias" in keys
+    # Flat: the files need no module of this project, and every sibling they import is in the bundle.
+    for name in REMOTE_CODE:
+        assert not {"configuration_mol", "modeling_mol"} & set(get_imports(tmp_path / name)), name
+        assert all((tmp_path / f"{sibling}.py").is_file() for sibling in get_relative_imports(tmp_path / name)), name
+
+
+def test_checkpoint_loads_in_a_clean_environment_from_a_folder(models, tokenizer, tmp_path):
+    mlm, classifier = models
+    mlm.save_pretrained(tmp_path / "mlm", tokenizer=tokenizer)
+    classifier.save_pretrained(tmp_path / "classifier")
+    expected = expected_outputs(mlm, classifier, tokenizer, tmp_path / "mlm", tmp_path / "classifier")
+    assert "clean load OK" in run_clean(expected, tmp_path)
+
+
+def test_checkpoint_loads_in_a_clean_environment_from_the_hub(models, tokenizer, tmp_path, hub):
+    mlm, classifier = models
+    mlm.push_to_hub("mol-org/tiny-mol", tokenizer=tokenizer)
+    classifier.push_to_hub("mol-org/tiny-mol-classifier")
+    files = set(hub.state.repos[("model", "mol-org/tiny-mol")].resolve("main").files)
+    assert REMOTE_CODE | {"config.json", "model.safetensors", "tokenizer.json"} <= files
+    expected = expected_outputs(mlm, classifier, tokenizer, "mol-org/tiny-mol", "mol-org/tiny-mol-classifier")
+    out = run_clean(expected, tmp_path, env={"HF_ENDPOINT": hub.endpoint})
+    assert "clean load OK from mol-org/tiny-mol" in out
+    assert ("GET", "/mol-org/tiny-mol/resolve/main/model.safetensors") in hub.state.requests
+
+
+def test_reloaded_model_gives_identical_outputs(models, tmp_path):
+    mlm, _ = models
+    mlm.save_pretrained(tmp_path)
+    reloaded = MoLForMaskedLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(5, 50, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids, languages=["rus_Cyrl", "eng_Latn"]).logits,
+                           mlm(input_ids=ids, languages=["rus_Cyrl", "eng_Latn"]).logits)
