@@ -140,6 +140,11 @@ class HubApp:
             return None, error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         return commit, None
 
+    def _repo_commit(self, kind, repo, revision):
+        found, failure = self._repo(kind, repo)
+        commit, failure = (None, failure) if failure else self._commit(found, revision)
+        return found, commit, failure
+
     def _authorised(self, request):
         return request.headers.get("authorization", "").startswith("Bearer ")
 
@@ -190,10 +195,7 @@ class HubApp:
         return JSONResponse({"errors": [], "warnings": []})
 
     def repo_info(self, request, body, kind, repo, revision=None):
-        found, failure = self._repo(kind, repo)
-        if failure:
-            return failure
-        commit, failure = self._commit(found, revision)
+        found, commit, failure = self._repo_commit(kind, repo, revision)
         if failure:
             return failure
         siblings = [{"rfilename": path, "size": f.size} | ({"lfs": {"sha256": f.lfs_oid, "size": f.size}} if f.lfs_oid else {})
@@ -235,10 +237,7 @@ class HubApp:
         return JSONResponse({})
 
     def list_commits(self, request, body, kind, repo, revision):
-        found, failure = self._repo(kind, repo)
-        if failure:
-            return failure
-        commit, failure = self._commit(found, revision)
+        found, commit, failure = self._repo_commit(kind, repo, revision)
         if failure:
             return failure
         history = []
@@ -250,10 +249,7 @@ class HubApp:
 
     # ---- listing --------------------------------------------------------------------------------------------------
     def tree(self, request, body, kind, repo, revision, path=None):
-        found, failure = self._repo(kind, repo)
-        if failure:
-            return failure
-        commit, failure = self._commit(found, revision)
+        found, commit, failure = self._repo_commit(kind, repo, revision)
         if failure:
             return failure
         prefix = f"{path.strip('/')}/" if path else ""
@@ -275,10 +271,7 @@ class HubApp:
         return JSONResponse(entries)
 
     def paths_info(self, request, body, kind, repo, revision):
-        found, failure = self._repo(kind, repo)
-        if failure:
-            return failure
-        commit, failure = self._commit(found, revision)
+        found, commit, failure = self._repo_commit(kind, repo, revision)
         if failure:
             return failure
         if request.headers.get("content-type", "").startswith("application/json"):
@@ -370,10 +363,7 @@ class HubApp:
 
     # ---- downloads ------------------------------------------------------------------------------------------------
     def resolve(self, request, body, kind, repo, revision, path):
-        found, failure = self._repo(kind, repo)
-        if failure:
-            return failure
-        commit, failure = self._commit(found, revision)
+        found, commit, failure = self._repo_commit(kind, repo, revision)
         if failure:
             return failure
         stored = commit.files.get(path)
