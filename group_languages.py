@@ -53,7 +53,7 @@ def parse_args(argv=None):
     return args
 
 
-def make_groups(args, codes):
+def make_groups(args, codes, counts, matrix):
     k = args.num_groups
     if args.strategy == "linguistic":
         return g.by_attribute(codes, "family", k)
@@ -64,9 +64,8 @@ def make_groups(args, codes):
     if args.strategy == "random":
         return g.random_groups(codes, k, args.seed)
     if args.strategy == "balanced-data":
-        return g.balanced_data(codes, json.loads(args.counts.read_text()), k, args.time_limit)
+        return g.balanced_data(codes, counts, k, args.time_limit)
     if args.strategy == "interference":
-        matrix = load_interference_matrix(args.matrix, codes)
         return g.interference_groups(codes, matrix, k, args.time_limit)
     g.check_k(codes, k, balanced=args.balance != "none")
     texts = g.read_parallel_set(args.parallel, codes, args.split)
@@ -83,11 +82,13 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         codes = resolve_languages(args.languages)
-        grouping = make_groups(args, codes)
         counts = json.loads(args.counts.read_text()) if args.counts else None
         matrix = load_interference_matrix(args.matrix, codes) if args.matrix else None
+        grouping = make_groups(args, codes, counts, matrix)
+        matrix = load_interference_matrix(args.matrix, codes) if args.matrix else None
     except (ValueError, RuntimeError) as error:
-        sys.exit(f"group_languages.py: error: {error}")
+        print(f"group_languages.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
     report = g.report(grouping, counts, matrix)
     if grouping.tree is not None and (args.plot or args.out):
         plot = args.plot or args.out.with_suffix(".png")

@@ -49,7 +49,7 @@ def load_interference_matrix(source, codes):
         raise ValueError(f"The interference matrix {source} has no row for {absent}; it covers {sorted(known)}.")
     table = rows.pivot_table(index="language", columns="added_language", values="interference", aggfunc="mean")
     table = table.reindex(index=codes, columns=codes)
-    matrix = table.to_numpy(dtype=float)
+    matrix = table.to_numpy(dtype=float, copy=True)
     np.fill_diagonal(matrix, 0.0)
     holes = [(a, b) for i, a in enumerate(codes) for j, b in enumerate(codes) if i != j and np.isnan(matrix[i, j])]
     if holes:

@@ -198,7 +198,7 @@ class HubApp:
         found, commit, failure = self._repo_commit(kind, repo, revision)
         if failure:
             return failure
-        siblings = [{"rfilename": path, "size": f.size} | ({"lfs": {"sha256": f.lfs_oid, "size": f.size}} if f.lfs_oid else {})
+        siblings = [{"rfilename": path, "size": f.size} | ({"lfs": {"sha256": f.lfs_oid, "size": f.size, "pointerSize": 134}} if f.lfs_oid else {})
                     for path, f in sorted(commit.files.items())]
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(commit.date))
         return JSONResponse({
