@@ -83,9 +83,7 @@ class MoLPackedBatch:
         max_seqlen = max(seq_lengths, default=0)
         row_in_sentence = torch.arange(num_tokens, device=device) - torch.repeat_interleave(starts, nonempty)
         sentence_slot = torch.repeat_interleave(torch.arange(len(seq_lengths), device=device), nonempty)
-        group_tokens = torch.zeros(num_groups, dtype=torch.long, device=device).index_add_(
-            0, sentence_group, attention_mask.bool().sum(dim=1)
-        )
+        group_tokens = torch.zeros(num_groups, dtype=torch.long, device=device).index_add_(0, sentence_group[order], lengths)
         return cls(
             token_index=token_index,
             seq_lengths=seq_lengths,

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs
 
 import uvicorn
 from starlette.applications import Starlette
@@ -277,8 +278,6 @@ class HubApp:
         if request.headers.get("content-type", "").startswith("application/json"):
             paths = json.loads(body).get("paths", [])
         else:
-            from urllib.parse import parse_qs
-
             paths = parse_qs(body.decode()).get("paths", [])
         entries = []
         for path in paths:
