@@ -1,0 +1,454 @@
+"""The loss matrix L, the interference matrix I and their analyses (Interference Matrix paper, Sections 3.2-3.6, 4).
+
+    L[A][A]  loss on A of the model trained on A alone (the monolingual model)
+    L[A][B]  loss on A of the model trained on A and B
+    I[A][B] = (L[A][A] - L[A][B]) / L[A][A]     how much adding B hurts A (negative: B hurts A)
+
+Rows are the affected language, columns the added language. The diagonal of I is 0 by the formula (NaN when the
+monolingual run is missing) and every average below leaves it out. Missing runs stay NaN and are reported
+(`missing_cells`), never filled.
+
+Outliers follow Section 3.2: the IQR rule on each language's mean loss across the models that cover it (the row
+mean of L, diagonal included). As in the paper (Section 3.3, "we exclude the outliers ... from this analysis"),
+outliers are left out of every analysis after Figures 1 and 2: the family, script and resource aggregates, the
+asymmetry and the embedding-similarity correlation drop their rows and columns. Robustness and friendliness are
+still reported for an outlier, measured against the other languages only, so that no language's score averages in
+an outlier's entries.
+
+`analyse(L, out_dir)` writes every table (CSV) and figure (PNG) and returns a report.
+"""
+
+import itertools
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from .languages import language, language_table
+
+
+# Section 3.5: "families with at least three languages represented in our interference matrix". The paper gives
+# no minimum for scripts, but Figure 5 discusses Hebrew, which has two languages among the 83: a script needs two
+# languages for its own (diagonal-free) cell to exist.
+MIN_LANGUAGES = {"family": 3, "script": 2}
+IQR_FACTOR = 1.5
+
+
+# ---- the matrices -------------------------------------------------------------------------------------------------
+def _codes(languages):
+    codes = [language(code).code for code in languages]
+    repeated = sorted({c for c in codes if codes.count(c) > 1})
+    if repeated:
+        raise ValueError(f"Languages {repeated} are listed more than once.")
+    return codes
+
+
+def _check_result(row):
+    """A result row -> (sorted trained codes, evaluated code, loss), or a ValueError naming the row."""
+    missing = [key for key in ("languages", "eval_language", "loss") if key not in row]
+    if missing:
+        raise ValueError(f"Result row {dict(row)} lacks {missing}; a result row has languages, eval_language, loss.")
+    trained = row["languages"]
+    trained = sorted(language(c).code for c in ([trained] if isinstance(trained, str) else trained))
+    evaluated = language(row["eval_language"]).code
+    if len(set(trained)) not in (1, 2) or len(set(trained)) != len(trained):
+        raise ValueError(f"Result row {dict(row)}: `languages` must be one language or a pair of two different ones.")
+    if evaluated not in trained:
+        raise ValueError(f"Result row {dict(row)}: eval_language {evaluated!r} is not one of its trained {trained}.")
+    loss = float(row["loss"])
+    if not np.isfinite(loss):
+        raise ValueError(f"Result row {dict(row)}: the loss {loss} is not finite (a diverged run: rerun it).")
+    return trained, evaluated, loss
+
+
+def loss_matrix(results, languages):
+    """L over `languages` (index: evaluated language, columns: the other trained language; diagonal: monolingual)
+    from result rows ({languages, eval_language, loss, ...}). Rows about other languages are skipped, so a subset of
+    a larger sweep can be analysed. Cells without a run stay NaN."""
+    codes = _codes(languages)
+    matrix = pd.DataFrame(np.nan, index=pd.Index(codes, name="language"),
+                          columns=pd.Index(codes, name="added_language"))
+    rows = results.to_dict("records") if isinstance(results, pd.DataFrame) else results
+    seen = {}
+    for row in rows:
+        trained, evaluated, loss = _check_result(row)
+        if not set(trained) <= set(codes):
+            continue
+        added = next((c for c in trained if c != evaluated), evaluated)
+        if seen.get((evaluated, added), loss) != loss:
+            raise ValueError(f"Two results disagree for the model {'+'.join(trained)} on {evaluated}: "
+                             f"{seen[evaluated, added]} and {loss}. A sweep writes each run once: check the results file.")
+        seen[evaluated, added] = matrix.loc[evaluated, added] = loss
+    return matrix
+
+
+def missing_cells(matrix):
+    """(language, added_language) of every NaN cell, row by row; (A, A) is a missing monolingual run."""
+    values = matrix.to_numpy(dtype=float)
+    return [(matrix.index[i], matrix.columns[j]) for i, j in zip(*np.nonzero(np.isnan(values)))]
+
+
+def _check_square(matrix, what):
+    if not isinstance(matrix, pd.DataFrame) or list(matrix.index) != list(matrix.columns):
+        raise ValueError(f"{what} must be a square DataFrame with the same languages, in the same order, as index and "
+                         "columns (as loss_matrix returns).")
+    if len(matrix) < 2:
+        raise ValueError(f"{what} covers {list(matrix.index)}: interference needs at least 2 languages.")
+
+
+def interference_matrix(losses):
+    """I[A][B] = (L[A][A] - L[A][B]) / L[A][A]; diagonal 0 (NaN where the monolingual run is missing)."""
+    _check_square(losses, "The loss matrix")
+    mono = pd.Series(np.diag(losses.to_numpy(dtype=float)), index=losses.index)
+    return losses.rsub(mono, axis=0).div(mono, axis=0)
+
+
+def _off_diagonal(matrix):
+    return matrix.mask(np.eye(len(matrix), dtype=bool))
+
+
+# ---- Section 3.2: convergence and outliers ------------------------------------------------------------------------
+def mean_loss(losses):
+    """Figure 1: each language's loss averaged over every model that covers it (the row mean of L, diagonal in)."""
+    return losses.mean(axis=1).rename("mean_loss")
+
+
+def iqr_bounds(values):
+    """Q1, Q3, IQR and the outlier bounds [Q1 - 1.5 IQR, Q3 + 1.5 IQR] (quartiles by linear interpolation)."""
+    q1, q3 = values.dropna().quantile([0.25, 0.75])
+    iqr = q3 - q1
+    return {"q1": q1, "q3": q3, "iqr": iqr, "lower": q1 - IQR_FACTOR * iqr, "upper": q3 + IQR_FACTOR * iqr}
+
+
+def iqr_outliers(values):
+    bounds = iqr_bounds(values)
+    return [code for code, value in values.items() if value < bounds["lower"] or value > bounds["upper"]]
+
+
+# ---- Sections 3.3-3.6: robustness, friendliness, aggregates, asymmetry -------------------------------------------
+def robustness(interference, excluded=()):
+    """Row mean over added languages B != A (and not excluded): how little A suffers from others."""
+    return _off_diagonal(interference).drop(columns=list(excluded)).mean(axis=1).rename("robustness")
+
+
+def friendliness(interference, excluded=()):
+    """Column mean over affected languages A != B (and not excluded): how little B hurts others."""
+    return _off_diagonal(interference).drop(index=list(excluded)).mean(axis=0).rename("friendliness")
+
+
+def attribute_of(codes, attribute):
+    return pd.Series({code: getattr(language(code), attribute) for code in codes}, name=attribute, dtype=object)
+
+
+def group_interference(interference, attribute, excluded=(), min_languages=None):
+    """Figures 4 and 5: the mean of I over each (group of A, group of B) region, diagonal left out, for groups
+    (`family` or `script`) with at least `min_languages` languages once the excluded ones are dropped."""
+    min_languages = MIN_LANGUAGES.get(attribute, 1) if min_languages is None else min_languages
+    kept = interference.drop(index=list(excluded), columns=list(excluded))
+    groups = attribute_of(kept.index, attribute)
+    sizes = groups.value_counts()
+    groups = groups[groups.map(sizes) >= min_languages]
+    if groups.empty:
+        return pd.DataFrame(index=pd.Index([], name=f"language_{attribute}"),
+                            columns=pd.Index([], name=f"added_language_{attribute}"), dtype=float)
+    order = list(dict.fromkeys(groups[sort_by_family(groups.index)]))
+    pairs = _off_diagonal(kept.loc[groups.index, groups.index]).stack().dropna()
+    rows = pairs.index.get_level_values(0).map(groups)
+    columns = pairs.index.get_level_values(1).map(groups)
+    table = pairs.groupby([rows.rename(f"language_{attribute}"), columns.rename(f"added_language_{attribute}")]).mean()
+    return table.unstack().reindex(index=order, columns=order)
+
+
+def language_summary(losses, interference=None):
+    """One row per language: table columns, loss_mono, mean_loss, robustness, friendliness, outlier."""
+    interference = interference_matrix(losses) if interference is None else interference
+    means = mean_loss(losses)
+    outliers = iqr_outliers(means)
+    table = pd.DataFrame([asdict(language(code)) for code in losses.index]).set_index("code", drop=False)
+    table.index.name = None
+    table["loss_mono"] = np.diag(losses.to_numpy(dtype=float))
+    table["mean_loss"] = means
+    table["robustness"] = robustness(interference, outliers)
+    table["friendliness"] = friendliness(interference, outliers)
+    table["outlier"] = table["code"].isin(outliers)
+    return table
+
+
+def resource_levels(summary):
+    """Figure 6: mean robustness and friendliness per NLLB resource level, outliers left out."""
+    kept = summary[~summary["outlier"]]
+    return kept.groupby("resource").agg(robustness=("robustness", "mean"), friendliness=("friendliness", "mean"),
+                                        languages=("code", "size"))
+
+
+def asymmetry(interference, excluded=()):
+    """Section 3.4: I against its transpose over unordered pairs. Returns (summary, pairs sorted by |I - I^T|)."""
+    kept = interference.drop(index=list(excluded), columns=list(excluded))
+    pairs = pd.DataFrame([(a, b, kept.at[a, b], kept.at[b, a]) for a, b in itertools.combinations(kept.index, 2)],
+                         columns=["language_a", "language_b", "interference_ab", "interference_ba"])
+    pairs["difference"] = pairs["interference_ab"] - pairs["interference_ba"]
+    pairs = pairs.sort_values("difference", key=abs, ascending=False, kind="stable").reset_index(drop=True)
+    measured = pairs.dropna()
+    enough = len(measured) >= 3  # a correlation over fewer pairs says nothing
+    summary = {
+        "pairs": len(measured),
+        "pearson": measured["interference_ab"].corr(measured["interference_ba"]) if enough else np.nan,
+        "spearman": measured["interference_ab"].corr(measured["interference_ba"], method="spearman") if enough else np.nan,
+        "mean_abs_difference": measured["difference"].abs().mean(),
+        "max_abs_difference": measured["difference"].abs().max(),
+        "most_asymmetric_pair": list(measured.iloc[0, :2]) if len(measured) else None,
+    }
+    return summary, pairs
+
+
+def positive_entries(interference):
+    """The rare pairs where adding B helped A (the paper finds one: bos_Latn with hrv_Latn)."""
+    off = _off_diagonal(interference)
+    return list(off[off > 0].stack().dropna().index)
+
+
+# ---- Section 4: embedding similarity ------------------------------------------------------------------------------
+def embedding_similarity(codes, texts, encoder):
+    """S[A][B]: mean cosine similarity of A-B translation pairs under `encoder` (a Hub id, a folder, or a
+    (tokenizer, model) pair), over the parallel `texts` (code -> aligned sentences). Diagonal 1."""
+    from .grouping import embedding_distance
+
+    return pd.DataFrame(1.0 - embedding_distance(codes, texts, encoder), index=codes, columns=codes)
+
+
+def similarity_correlation(interference, similarity, excluded=()):
+    """Row by row, Spearman's rank correlation between I[A][.] and S[A][.] over B != A (both measured). Positive:
+    languages closer in the embedding space interfere less. NaN for rows with fewer than 3 pairs."""
+    codes = [c for c in interference.index if c not in set(excluded)]
+    absent = [c for c in codes if c not in similarity.index or c not in similarity.columns]
+    if absent:
+        raise ValueError(f"The similarity matrix has no row or column for {absent}; it covers {list(similarity.index)}.")
+    rows = []
+    for code in codes:
+        others = [c for c in codes if c != code]
+        pair = pd.DataFrame({"i": interference.loc[code, others], "s": similarity.loc[code, others]}).dropna()
+        rho, p = spearmanr(pair["i"], pair["s"]) if len(pair) >= 3 else (np.nan, np.nan)
+        rows.append({"language": code, "spearman": float(rho), "p_value": float(p), "pairs": len(pair)})
+    return pd.DataFrame(rows).set_index("language")
+
+
+# ---- plots --------------------------------------------------------------------------------------------------------
+def sort_by_family(codes):
+    """Codes in the language table's order (grouped by family, families in the order of their first row)."""
+    position = {code: i for i, code in enumerate(language_table())}
+    first = {}
+    for code in language_table():
+        first.setdefault(language(code).family, position[code])
+    return sorted(codes, key=lambda c: (first[language(c).family], position[language(c).code]))
+
+
+def _figure(width, height):
+    # The object API draws without pyplot's global state or GUI backends (matplotlib's "web server" recipe).
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _save(figure, path):
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def _heatmap(axis, table, title, annotate):
+    from matplotlib.colors import TwoSlopeNorm
+
+    values = table.to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    low, high = (finite.min(), finite.max()) if finite.size else (-1.0, 1.0)
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=min(low, -1e-9), vmax=max(high, 1e-9))  # white at "no interference"
+    image = axis.imshow(np.ma.masked_invalid(values), cmap="RdBu", norm=norm)
+    axis.set_facecolor("0.85")  # missing cells show grey, never a colour
+    axis.set_xticks(range(table.shape[1]), table.columns, rotation=90, fontsize=7)
+    axis.set_yticks(range(table.shape[0]), table.index, fontsize=7)
+    axis.set_xlabel("added language")
+    axis.set_ylabel("affected language")
+    axis.set_title(title)
+    if annotate:
+        for (i, j), value in np.ndenumerate(values):
+            if np.isfinite(value):
+                axis.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=7)
+    return image
+
+
+def plot_mean_loss(summary, bounds, path):
+    """Figure 1."""
+    ordered = summary.sort_values("mean_loss")
+    figure = _figure(max(6, 0.22 * len(ordered)), 4)
+    axis = figure.subplots()
+    colours = np.where(ordered["outlier"], "tab:red", "tab:blue")
+    axis.bar(range(len(ordered)), ordered["mean_loss"], color=colours)
+    axis.axhline(ordered["mean_loss"].mean(), color="black", label="average")
+    axis.axhline(bounds["lower"], color="grey", linestyle="--", label="Q1 - 1.5 IQR")
+    axis.axhline(bounds["upper"], color="grey", linestyle=":", label="Q3 + 1.5 IQR")
+    axis.set_xticks(range(len(ordered)), ordered["code"], rotation=90, fontsize=7)
+    axis.set_ylabel("mean loss over its models")
+    axis.set_title("Convergence by language (outliers in red)")
+    axis.legend(fontsize=7)
+    return _save(figure, path)
+
+
+def plot_interference(interference, path):
+    """Figure 2: the full matrix, languages sorted by family."""
+    order = sort_by_family(interference.index)
+    figure = _figure(max(6, 0.2 * len(order) + 2), max(5, 0.2 * len(order) + 1.5))
+    axis = figure.subplots()
+    image = _heatmap(axis, interference.loc[order, order], "Interference matrix I (sorted by family)",
+                     annotate=len(order) <= 12)
+    figure.colorbar(image, ax=axis, label="I[A][B] (negative: B hurts A)")
+    return _save(figure, path)
+
+
+def plot_robustness_friendliness(summary, path):
+    """Figure 3."""
+    figure = _figure(6, 5)
+    axis = figure.subplots()
+    for outlier, marker in ((False, "o"), (True, "x")):
+        part = summary[summary["outlier"] == outlier]
+        axis.scatter(part["robustness"], part["friendliness"], marker=marker,
+                     label="outlier" if outlier else "language", color="tab:red" if outlier else "tab:blue")
+    for code, row in summary.iterrows():
+        axis.annotate(code, (row["robustness"], row["friendliness"]), fontsize=6)
+    axis.set_xlabel("robustness (row mean of I)")
+    axis.set_ylabel("friendliness (column mean of I)")
+    axis.set_title("Robustness vs friendliness")
+    axis.legend(fontsize=7)
+    return _save(figure, path)
+
+
+def plot_groups(table, attribute, path):
+    """Figures 4 and 5."""
+    figure = _figure(max(5, 0.6 * len(table) + 2), max(4, 0.6 * len(table) + 1.5))
+    axis = figure.subplots()
+    if table.empty:
+        axis.set_axis_off()
+        axis.text(0.5, 0.5, f"No {attribute} has {MIN_LANGUAGES.get(attribute, 1)} or more languages\n"
+                  "(outliers excluded)", ha="center", va="center")
+        return _save(figure, path)
+    image = _heatmap(axis, table, f"I averaged by {attribute} (diagonal and outliers excluded)", annotate=True)
+    axis.set_xlabel(f"added language's {attribute}")
+    axis.set_ylabel(f"affected language's {attribute}")
+    figure.colorbar(image, ax=axis)
+    return _save(figure, path)
+
+
+def plot_resource_levels(table, path):
+    """Figure 6."""
+    figure = _figure(5, 4)
+    axis = figure.subplots()
+    table[["robustness", "friendliness"]].plot.bar(ax=axis, rot=0)
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_xlabel("NLLB resource level")
+    axis.set_ylabel("mean interference")
+    axis.set_title("Robustness and friendliness by resource level")
+    return _save(figure, path)
+
+
+def plot_asymmetry(pairs, summary, path):
+    figure = _figure(5, 5)
+    axis = figure.subplots()
+    axis.scatter(pairs["interference_ab"], pairs["interference_ba"], s=12)
+    values = pairs[["interference_ab", "interference_ba"]].to_numpy(dtype=float)
+    if np.isfinite(values).any():
+        low, high = np.nanmin(values), np.nanmax(values)
+        axis.plot([low, high], [low, high], color="grey", linestyle="--", label="symmetric")
+        axis.legend(fontsize=7)
+    axis.set_xlabel("I[A][B] (B added to A)")
+    axis.set_ylabel("I[B][A] (A added to B)")
+    axis.set_title(f"Asymmetry: pearson {summary['pearson']:.2f}, mean |I - I^T| {summary['mean_abs_difference']:.4f}")
+    return _save(figure, path)
+
+
+def plot_similarity(correlation, interference, similarity, path, example="spa_Latn"):
+    """Figure 7: the row-wise rank correlations, and one row of I beside the same row of S (the paper: Spanish)."""
+    figure = _figure(max(10, 0.2 * len(correlation) + 6), 4)
+    left, right = figure.subplots(1, 2)
+    left.bar(range(len(correlation)), correlation["spearman"].fillna(0.0))
+    left.set_xticks(range(len(correlation)), correlation.index, rotation=90, fontsize=7)
+    left.set_ylabel("Spearman rho (row of I vs row of S)")
+    left.set_title("Embedding similarity vs interference, per language")
+    example = example if example in correlation.index else correlation.index[0]
+    others = [c for c in correlation.index if c != example]
+    order = similarity.loc[example, others].sort_values().index
+    right.plot(range(len(order)), similarity.loc[example, order], color="tab:green", marker="o", label="similarity")
+    right.set_ylabel("embedding similarity", color="tab:green")
+    twin = right.twinx()
+    twin.plot(range(len(order)), interference.loc[example, order], color="tab:purple", marker="s", label="interference")
+    twin.set_ylabel("interference I", color="tab:purple")
+    right.set_xticks(range(len(order)), order, rotation=90, fontsize=7)
+    right.set_title(f"{example}: rho = {correlation.at[example, 'spearman']:.2f}")
+    return _save(figure, path)
+
+
+# ---- everything at once -------------------------------------------------------------------------------------------
+def _plain(value):
+    """JSON-ready: NaN -> None, numpy scalars -> Python, tuples -> lists."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.generic, float)):
+        value = value.item() if isinstance(value, np.generic) else value
+        return None if isinstance(value, float) and not np.isfinite(value) else value
+    return value
+
+
+def analyse(losses, out_dir, similarity=None):
+    """Write every table (CSV) and figure (PNG) of Sections 3.2-3.6 (and 4, given a similarity matrix S over the
+    same languages) to `out_dir`, plus report.json; return the report."""
+    interference = interference_matrix(losses)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = language_summary(losses, interference)
+    bounds = iqr_bounds(summary["mean_loss"])
+    outliers = list(summary.index[summary["outlier"]])
+    families = group_interference(interference, "family", outliers)
+    scripts = group_interference(interference, "script", outliers)
+    resources = resource_levels(summary)
+    asymmetry_summary, pairs = asymmetry(interference, outliers)
+
+    losses.to_csv(out / "loss_matrix.csv")
+    interference.to_csv(out / "interference_matrix.csv")
+    summary.to_csv(out / "languages.csv", index=False)
+    families.to_csv(out / "family_interference.csv")
+    scripts.to_csv(out / "script_interference.csv")
+    resources.to_csv(out / "resource_levels.csv")
+    pairs.to_csv(out / "asymmetry_pairs.csv", index=False)
+    plot_mean_loss(summary, bounds, out / "figure1_mean_loss.png")
+    plot_interference(interference, out / "figure2_interference_matrix.png")
+    plot_robustness_friendliness(summary, out / "figure3_robustness_friendliness.png")
+    plot_groups(families, "family", out / "figure4_family.png")
+    plot_groups(scripts, "script", out / "figure5_script.png")
+    plot_resource_levels(resources, out / "figure6_resource_levels.png")
+    plot_asymmetry(pairs, asymmetry_summary, out / "asymmetry.png")
+
+    report = {
+        "languages": list(losses.index),
+        "complete": not missing_cells(losses),
+        "missing_cells": missing_cells(losses),
+        "outlier_bounds": bounds,
+        "outliers": outliers,
+        "excluded_from_aggregates": outliers,
+        "families": list(families.index),
+        "scripts": list(scripts.index),
+        "positive_interference": positive_entries(interference),
+        "asymmetry": asymmetry_summary,
+    }
+    if similarity is not None:
+        correlation = similarity_correlation(interference, similarity, outliers)
+        similarity.to_csv(out / "similarity_matrix.csv")
+        correlation.to_csv(out / "similarity_correlation.csv")
+        plot_similarity(correlation, interference, similarity, out / "figure7_similarity.png")
+        report["similarity_correlation"] = {"mean_spearman": correlation["spearman"].mean(),
+                                            "per_language": correlation["spearman"].to_dict()}
+    report["files"] = sorted(path.name for path in out.iterdir() if path.suffix in (".csv", ".png")) + ["report.json"]
+    report = _plain(report)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
