@@ -1,7 +1,11 @@
-"""Reading an interference matrix I (rows: affected language, columns: added language) from the dataset that
-build_interference.py publishes: its `interference` config, one row per ordered pair with columns `language`,
-`added_language`, `interference`. Accepted sources: a Hub dataset repo id, a local folder in the Hub layout
-(`interference/*.parquet`), or one parquet/CSV file of those rows.
+"""The interference matrix as a Hub dataset: reading it (rows: affected language, columns: added language), and
+writing and publishing the dataset that build_interference.py produces.
+
+The dataset has three parquet configs, declared in its README.md so that `load_dataset(repo, "interference")` works:
+`interference` (one row per ordered pair: `language`, `added_language`, `interference`, `loss_mono`, `loss_pair`),
+`languages` (one row per language) and `runs` (one row per trained model), plus `analysis/` (tables and figures).
+Accepted sources for reading: a Hub dataset repo id, a local folder in the Hub layout (`interference/*.parquet`),
+or one parquet/CSV file of those rows.
 """
 
 from pathlib import Path
@@ -56,3 +60,198 @@ def load_interference_matrix(source, codes):
         raise ValueError(f"The interference matrix {source} misses {len(holes)} pairs, e.g. {holes[:5]}: "
                          "finish the sweep (build_interference.py) before grouping by it.")
     return matrix
+
+
+# ---- writing and publishing the dataset ---------------------------------------------------------------------------
+CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "dataset_card.md"
+CONFIGS = ("interference", "languages", "runs")
+SHARD = "train-00000-of-00001.parquet"  # the Hub's shard naming: configs read `<config>/train-*.parquet`
+
+
+def dataset_configs():
+    """The card's `configs:` metadata: what lets `load_dataset(repo_or_folder, "interference")` find each table."""
+    return [{"config_name": name, "data_files": [{"split": "train", "path": f"{name}/train-*.parquet"}],
+             **({"default": True} if name == "interference" else {})} for name in CONFIGS]
+
+
+def _records(frame):
+    """DataFrame -> row dicts with None (a parquet null) where a value is missing, never NaN."""
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+def _write_table(folder, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), folder / SHARD)
+
+
+def interference_rows(losses, interference):
+    """One row per ordered pair A != B, in the matrix's order; missing cells are nulls."""
+    import pandas as pd
+
+    codes = list(losses.index)
+    frame = pd.DataFrame([{"language": a, "added_language": b, "interference": interference.at[a, b],
+                           "loss_mono": losses.at[a, a], "loss_pair": losses.at[a, b]}
+                          for a in codes for b in codes if a != b])
+    return _records(frame)
+
+
+def runs_rows(results, codes):
+    """One row per trained model from the sweep's result rows (one per model and evaluated language): `run`,
+    `languages`, `eval_languages`, `losses`, then the run's own fields (steps, seed, wall time, settings...); nested
+    values are JSON strings so that every run has the same columns."""
+    import json
+
+    from .interference_analysis import _check_result
+
+    runs = {}
+    for row in results.to_dict("records") if hasattr(results, "to_dict") else results:
+        trained, evaluated, loss = _check_result(row)
+        if not set(trained) <= set(codes):
+            continue
+        run = runs.setdefault("+".join(trained), {"run": "+".join(trained), "languages": trained,
+                                                  "eval_languages": [], "losses": []})
+        run["eval_languages"].append(evaluated)
+        run["losses"].append(loss)
+        for key, value in row.items():
+            if key not in ("languages", "eval_language", "loss") and key not in run:
+                run[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else value
+    if not runs:
+        raise ValueError(f"No result row is about a model over {list(codes)}: nothing to publish as `runs`.")
+    columns = list(dict.fromkeys(key for run in runs.values() for key in run))
+    return [{key: run.get(key) for key in columns} for run in runs.values()]
+
+
+def _incomplete_error(missing, what):
+    shown = ", ".join(f"{a}/{b}" for a, b in missing[:10]) + (" ..." if len(missing) > 10 else "")
+    return ValueError(f"{what} misses {len(missing)} cells of the loss matrix ({shown}): finish the sweep, or pass "
+                      "allow_incomplete=True (--allow-incomplete) to publish it anyway, marked incomplete in the card.")
+
+
+def _check_replaceable(folder):
+    """Only a new or empty folder, or one this module wrote, is replaced: never a folder of other files."""
+    if folder.exists() and any(folder.iterdir()) and not ((folder / "README.md").is_file()
+                                                          and (folder / "interference").is_dir()):
+        raise ValueError(f"{folder} exists and is not a dataset folder written by write_dataset_folder; give a new "
+                         "or empty folder.")
+
+
+def _format(value):
+    return "" if value is None or value != value else f"{value:.4f}"
+
+
+def write_card(folder, losses, summary, report, settings, num_runs, repo_id=None):
+    """README.md from model_cards/dataset_card.md: YAML metadata (configs, languages), method, settings,
+    languages, findings, how to load; an incomplete matrix says so first."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    codes = list(losses.index)
+    complete = report["complete"]
+    pretty_name = f"Interference Matrix ({len(codes)} languages{'' if complete else ', incomplete'})"
+    card_data = DatasetCardData(
+        pretty_name=pretty_name, language=sorted({code.split("_")[0] for code in codes}),
+        tags=["interference-matrix", "multilingual", "masked-language-modeling"] + ([] if complete else ["incomplete"]),
+        configs=dataset_configs(),
+    )
+    languages = [{**row, **{key: _format(row[key]) for key in ("loss_mono", "robustness", "friendliness")}}
+                 for row in _records(summary)]
+    asymmetry = {key: _format(value) if isinstance(value, float) else value
+                 for key, value in report["asymmetry"].items()}
+    similarity = report.get("similarity_correlation")
+    card = DatasetCard.from_template(
+        card_data, template_path=str(CARD_TEMPLATE), pretty_name=pretty_name, complete=complete,
+        missing=report["missing_cells"], num_cells=len(codes) ** 2, num_languages=len(codes),
+        num_pairs=len(codes) * (len(codes) - 1) // 2, num_runs=num_runs, settings=dict(settings),
+        bounds=report["outlier_bounds"], outliers=report["outliers"], languages=languages,
+        positive=report["positive_interference"], asymmetry=asymmetry,
+        similarity={"mean_spearman": _format(similarity["mean_spearman"])} if similarity else None,
+        figures=sorted((n for n in report["files"] if n.endswith(".png")), key=lambda n: (not n.startswith("figure"), n)), repo_id=repo_id or "ORG/NAME",
+    )
+    card.save(folder / "README.md")
+
+
+def write_dataset_folder(out_dir, losses, results, settings, allow_incomplete=False, similarity=None, repo_id=None):
+    """Write the folder `publish_dataset` uploads: `interference/`, `languages/` and `runs/` parquet configs,
+    `analysis/` (every table, figure and report.json of `interference_analysis.analyse`) and README.md.
+
+    `losses` is the loss matrix L (`interference_analysis.loss_matrix`), `results` the sweep's result rows, `settings`
+    the sweep's settings (shown in the card). A matrix with missing cells is refused, before anything is written,
+    unless `allow_incomplete`. The folder is built aside and swapped in whole: no stale file survives a rewrite.
+    Returns the analysis report."""
+    import shutil
+    import tempfile
+
+    from .interference_analysis import analyse, interference_matrix, language_summary, missing_cells
+
+    interference = interference_matrix(losses)
+    missing = missing_cells(losses)
+    if missing and not allow_incomplete:
+        raise _incomplete_error(missing, "The interference matrix")
+    runs = runs_rows(results, list(losses.index))
+    out = Path(out_dir)
+    _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        report = analyse(losses, staging / "analysis", similarity)
+        summary = language_summary(losses, interference)
+        _write_table(staging / "interference", interference_rows(losses, interference))
+        _write_table(staging / "languages", _records(summary))
+        _write_table(staging / "runs", runs)
+        write_card(staging, losses, summary, report, settings, len(runs), repo_id)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
+
+
+def publish_dataset(folder, repo_id, private=False, allow_incomplete=False, token=None):
+    """Upload a folder from `write_dataset_folder` as the Hub dataset `repo_id` (created if needed). Files of the
+    dataset's own folders that the new version no longer has are deleted. An incomplete matrix needs
+    `allow_incomplete`. Returns the commit info."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    rows = _rows(folder)
+    if not (folder / "README.md").is_file():
+        raise ValueError(f"{folder} has no README.md: write it with write_dataset_folder before publishing.")
+    holes = rows[rows["interference"].isna()]
+    if len(holes) and not allow_incomplete:
+        raise _incomplete_error(list(zip(holes["language"], holes["added_language"])), f"The dataset in {folder}")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    return api.upload_folder(
+        repo_id=repo_id, repo_type="dataset", folder_path=folder,
+        commit_message=f"Interference matrix over {rows['language'].nunique()} languages",
+        delete_patterns=[f"{name}/*" for name in (*CONFIGS, "analysis")],
+    )
+
+
+def matrix_from_dataset(source, values="interference"):
+    """The N x N matrix from a published dataset (Hub id, folder or file of its `interference` rows), in the order
+    the rows were written. `values="interference"`: I, diagonal 0; `values="loss"`: L, diagonal the monolingual
+    loss. Missing cells are NaN."""
+    import pandas as pd
+
+    column = {"interference": "interference", "loss": "loss_pair"}.get(values)
+    if column is None:
+        raise ValueError(f"values={values!r}: choose 'interference' (I) or 'loss' (L).")
+    rows = _rows(source)
+    needed = [c for c in (*COLUMNS, "loss_mono", "loss_pair") if c not in rows.columns]
+    if needed:
+        raise ValueError(f"{source} lacks columns {needed}: it is not a dataset written by write_dataset_folder.")
+    repeated = rows[rows.duplicated(["language", "added_language"])]
+    if len(repeated):
+        raise ValueError(f"{source} has more than one row for pairs {list(zip(repeated['language'], repeated['added_language']))[:5]}.")
+    codes = list(dict.fromkeys([*rows["language"], *rows["added_language"]]))
+    matrix = rows.pivot(index="language", columns="added_language", values=column).reindex(index=codes, columns=codes)
+    mono = rows.groupby("language")["loss_mono"].first().reindex(codes)
+    diagonal = mono if values == "loss" else mono * 0.0  # 0 where the monolingual run exists, else NaN
+    for code in codes:
+        matrix.at[code, code] = diagonal[code]
+    return matrix.astype(float)
