@@ -46,7 +46,7 @@ def _codes(languages):
     return codes
 
 
-def _check_result(row):
+def check_result_row(row):
     """A result row -> (sorted trained codes, evaluated code, loss), or a ValueError naming the row."""
     missing = [key for key in ("languages", "eval_language", "loss") if key not in row]
     if missing:
@@ -74,7 +74,7 @@ def loss_matrix(results, languages):
     rows = results.to_dict("records") if isinstance(results, pd.DataFrame) else results
     seen = {}
     for row in rows:
-        trained, evaluated, loss = _check_result(row)
+        trained, evaluated, loss = check_result_row(row)
         if not set(trained) <= set(codes):
             continue
         added = next((c for c in trained if c != evaluated), evaluated)
@@ -221,7 +221,8 @@ def embedding_similarity(codes, texts, encoder):
 
 def similarity_correlation(interference, similarity, excluded=()):
     """Row by row, Spearman's rank correlation between I[A][.] and S[A][.] over B != A (both measured). Positive:
-    languages closer in the embedding space interfere less. NaN for rows with fewer than 3 pairs."""
+    languages closer in the embedding space interfere less. NaN for rows with fewer than 3 pairs or a constant side
+    (no ranking to compare)."""
     codes = [c for c in interference.index if c not in set(excluded)]
     absent = [c for c in codes if c not in similarity.index or c not in similarity.columns]
     if absent:
@@ -230,7 +231,8 @@ def similarity_correlation(interference, similarity, excluded=()):
     for code in codes:
         others = [c for c in codes if c != code]
         pair = pd.DataFrame({"i": interference.loc[code, others], "s": similarity.loc[code, others]}).dropna()
-        rho, p = spearmanr(pair["i"], pair["s"]) if len(pair) >= 3 else (np.nan, np.nan)
+        ranked = len(pair) >= 3 and pair.nunique().min() > 1
+        rho, p = spearmanr(pair["i"], pair["s"]) if ranked else (np.nan, np.nan)
         rows.append({"language": code, "spearman": float(rho), "p_value": float(p), "pairs": len(pair)})
     return pd.DataFrame(rows).set_index("language")
 

@@ -104,11 +104,11 @@ def runs_rows(results, codes):
     values are JSON strings so that every run has the same columns."""
     import json
 
-    from .interference_analysis import _check_result
+    from .interference_analysis import check_result_row
 
     runs = {}
     for row in results.to_dict("records") if hasattr(results, "to_dict") else results:
-        trained, evaluated, loss = _check_result(row)
+        trained, evaluated, loss = check_result_row(row)
         if not set(trained) <= set(codes):
             continue
         run = runs.setdefault("+".join(trained), {"run": "+".join(trained), "languages": trained,
@@ -124,9 +124,9 @@ def runs_rows(results, codes):
     return [{key: run.get(key) for key in columns} for run in runs.values()]
 
 
-def _incomplete_error(missing, what):
+def _incomplete_error(missing, what, unit):
     shown = ", ".join(f"{a}/{b}" for a, b in missing[:10]) + (" ..." if len(missing) > 10 else "")
-    return ValueError(f"{what} misses {len(missing)} cells of the loss matrix ({shown}): finish the sweep, or pass "
+    return ValueError(f"{what} misses {len(missing)} {unit} ({shown}): finish the sweep, or pass "
                       "allow_incomplete=True (--allow-incomplete) to publish it anyway, marked incomplete in the card.")
 
 
@@ -188,7 +188,7 @@ def write_dataset_folder(out_dir, losses, results, settings, allow_incomplete=Fa
     interference = interference_matrix(losses)
     missing = missing_cells(losses)
     if missing and not allow_incomplete:
-        raise _incomplete_error(missing, "The interference matrix")
+        raise _incomplete_error(missing, "The interference matrix", "cells of the loss matrix")
     runs = runs_rows(results, list(losses.index))
     out = Path(out_dir)
     _check_replaceable(out)
@@ -222,7 +222,8 @@ def publish_dataset(folder, repo_id, private=False, allow_incomplete=False, toke
         raise ValueError(f"{folder} has no README.md: write it with write_dataset_folder before publishing.")
     holes = rows[rows["interference"].isna()]
     if len(holes) and not allow_incomplete:
-        raise _incomplete_error(list(zip(holes["language"], holes["added_language"])), f"The dataset in {folder}")
+        raise _incomplete_error(list(zip(holes["language"], holes["added_language"])),
+                                f"The dataset in {folder}", "pairs of the interference matrix")
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     return api.upload_folder(
