@@ -146,15 +146,8 @@ def load_run_config(path=None, overrides=None):
     """The config file's keys, then `overrides` (key -> value), checked against the known keys."""
     values = {}
     if path is not None:
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"The run config {str(path)!r} does not exist.")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"The run config {path} must be a mapping of keys to values, got {type(values).__name__}.")
-        values.setdefault("run_name", path.stem)
+        values = _read_config_file(Path(path))
+        values.setdefault("run_name", Path(path).stem)
     values.update(overrides or {})
     unknown = sorted(set(values) - set(KEYS))
     if unknown:
@@ -164,6 +157,23 @@ def load_run_config(path=None, overrides=None):
         hint = "; ".join(f"{k!r} (did you mean {h[0]!r}?)" if h else repr(k) for k, h in hints.items())
         raise ValueError(f"Unknown config key {hint}. Valid keys: {', '.join(KEYS)} (see --help).")
     return RunConfig(**values).validate()
+
+
+def _read_config_file(path, seen=()):
+    """A YAML run config; `base: other.yaml` (relative to this file) is read first and overridden by this one."""
+    import yaml
+
+    if not path.is_file():
+        raise ValueError(f"The run config {str(path)!r} does not exist.")
+    if path.resolve() in seen:
+        raise ValueError(f"The run config {path} is its own base (a cycle through {[str(p) for p in seen]}).")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"The run config {path} must be a mapping of keys to values, got {type(values).__name__}.")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    return {**_read_config_file(path.parent / base, (*seen, path.resolve())), **values}
 
 
 def _parse_value(text):

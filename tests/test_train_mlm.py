@@ -312,3 +312,23 @@ def test_two_process_fsdp_run_shards_learns_and_exports(tmp_path, cache_dir):
     with torch.no_grad():
         expected = reference(**batch, languages=["eng_Latn"]).last_hidden_state.sum().item()
     assert float(clean.stdout.strip().splitlines()[-1]) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_four_process_hsdp_replicates_across_and_shards_within_groups(tmp_path, cache_dir):
+    out = tmp_path / "hsdp"
+    env = dict(launch_env(), ACCELERATE_USE_CPU="true")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "4",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(PROJECT / "train_mlm.py"), "--config", str(TINY), "--output-dir", str(out), "--cache-dir", cache_dir,
+               "--max-steps", "3", "--checkpoint-every", "2", "--strategy", "hsdp", "--shard-group-size", "2",
+               "--sentences-per-device", "4", "--export", "false", "--trackers", "[]"]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, cwd=PROJECT, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    reports = [json.loads((out / f"sharding-rank{rank}.json").read_text()) for rank in range(4)]
+    name = "mol.embeddings.word_embeddings.weight"
+    assert all(r[name]["placements"] == ["R", "S(0)"] for r in reports)
+    # Ranks 0,1 and 2,3 are the two shard groups: within a group the shards add up, across groups they repeat.
+    assert reports[0][name]["local_numel"] + reports[1][name]["local_numel"] == reports[0][name]["numel"]
+    assert [r[name]["local_numel"] for r in reports[2:]] == [r[name]["local_numel"] for r in reports[:2]]
+    assert (out / "checkpoints" / "step-0000003").is_dir()
