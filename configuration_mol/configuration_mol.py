@@ -90,6 +90,9 @@ class MoLConfig(PretrainedConfig):
             loop), or force one of `hub_kernel`, `grouped_mm`, `loop`.
         grouped_gemm_kernel (`str`, *optional*): Hub repo id of the grouped-GEMM kernel; `None` never loads one.
         grouped_gemm_kernel_version (`int`): the kernel's major version (its `v<N>` branch).
+        grouped_gemm_kernel_trust_remote_code (`bool` or `list[str]`): the user's explicit trust in a kernel repo
+            whose publisher the Hub does not mark as a trusted kernel publisher (`kernels`' `trust_remote_code`: `True`,
+            or a list of repo ids). `False` (the default) refuses such a kernel, says why, and runs the torch path.
         classifier_pooling (`str`): `cls` (XLM-R's first-token head) or `mean` for sequence classification.
     """
 
@@ -123,6 +126,7 @@ class MoLConfig(PretrainedConfig):
         grouped_gemm_backend="auto",
         grouped_gemm_kernel="mol-encoders/mol-grouped-gemm",
         grouped_gemm_kernel_version=1,
+        grouped_gemm_kernel_trust_remote_code=False,
         **kwargs,
     ):
         kwargs.setdefault("auto_map", dict(MOL_AUTO_MAP))
@@ -159,6 +163,7 @@ class MoLConfig(PretrainedConfig):
         self.grouped_gemm_backend = grouped_gemm_backend
         self.grouped_gemm_kernel = grouped_gemm_kernel
         self.grouped_gemm_kernel_version = grouped_gemm_kernel_version
+        self.grouped_gemm_kernel_trust_remote_code = grouped_gemm_kernel_trust_remote_code
         self._validate_mol_fields()
 
     def _validate_mol_fields(self):
@@ -193,6 +198,11 @@ class MoLConfig(PretrainedConfig):
         if self.grouped_gemm_backend not in GROUPED_GEMM_BACKENDS:
             raise ValueError(
                 f"grouped_gemm_backend {self.grouped_gemm_backend!r} is unknown: use one of {list(GROUPED_GEMM_BACKENDS)}."
+            )
+        trust = self.grouped_gemm_kernel_trust_remote_code
+        if not isinstance(trust, bool) and not (isinstance(trust, list) and all(isinstance(r, str) for r in trust)):
+            raise ValueError(
+                f"grouped_gemm_kernel_trust_remote_code must be True, False or a list of kernel repo ids; got {trust!r}."
             )
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:
             raise ValueError(

@@ -2,12 +2,18 @@
 
 `offsets` are int32 cumulative row ends, one per group (the last equals the number of rows), kept on the device.
 Three implementations give the same numbers; `MoLGroupedGemm` picks one per device and logs the choice once:
-  1. the grouped-GEMM Hub kernel, fetched through `kernels` (CUDA tensors, kernels installed, repo configured);
+  1. the grouped-GEMM Hub kernel (hub_kernels/mol-grouped-gemm), fetched through `kernels` (CUDA tensors, kernels
+     installed, repo configured); `grouped_gemm_backend="hub_kernel"` forces it, on CPU tensors too (its torch-cpu
+     variant). The repo may also be a local kernel folder, and `LOCAL_KERNELS=org/name=/path` maps a repo id to one:
+     both work offline. A kernel from a publisher the Hub does not trust loads only with the user's explicit trust
+     (`grouped_gemm_kernel_trust_remote_code`), never silently;
   2. torch's `grouped_mm` (one call for all groups, where its alignment and device rules hold);
   3. a per-group loop of dense GEMMs (always available; needs the group sizes on the host).
 
 Flat remote-code helper: copied beside modeling_mol.py into every exported checkpoint.
 """
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -77,16 +83,30 @@ def grouped_mm_unsupported_reason(x, weight):
     return None
 
 
-def load_hub_kernel(repo_id, version):
-    """The grouped-GEMM kernel module from the Hub (or LOCAL_KERNELS), cached; raises if it cannot be loaded."""
-    key = (repo_id, version)
+def load_hub_kernel(repo_id, version, backend=None, trust_remote_code=False):
+    """The grouped-GEMM kernel module, cached; raises if it cannot be loaded.
+
+    `repo_id` is a Hub kernel repo (or one that LOCAL_KERNELS maps to a folder) or a local kernel folder.
+    `backend` is None (the backend torch was built for) or "cpu" (the torch-cpu variant, on any torch build).
+    `trust_remote_code` goes to `kernels` unchanged: only the user's own choice ever trusts a publisher."""
+    trust_key = tuple(trust_remote_code) if isinstance(trust_remote_code, list) else trust_remote_code
+    key = (repo_id, version, backend, trust_key)
     if key not in _LOADED_KERNELS:
         try:
-            from kernels import get_kernel
+            from kernels import get_kernel, get_local_kernel
         except ImportError as error:
             raise ImportError("the `kernels` package is not installed (pip install kernels)") from error
-        _LOADED_KERNELS[key] = get_kernel(repo_id, version=version)
+        if Path(repo_id).is_dir():
+            kernel = get_local_kernel(Path(repo_id), backend=backend)
+        else:
+            kernel = get_kernel(repo_id, version=version, backend=backend, trust_remote_code=trust_remote_code)
+        _LOADED_KERNELS[key] = kernel
     return _LOADED_KERNELS[key]
+
+
+def _untrusted(error):
+    text = str(error)
+    return "trusted publisher" in text or "publisher trust" in text
 
 
 def _log_once(path, reason):
@@ -98,13 +118,24 @@ def _log_once(path, reason):
 class MoLGroupedGemm:
     """Chooses and calls a grouped-linear implementation. Not a module: it holds no weights, only the choice."""
 
-    def __init__(self, backend="auto", kernel_repo=None, kernel_version=1):
+    def __init__(self, backend="auto", kernel_repo=None, kernel_version=1, trust_remote_code=False):
         if backend not in BACKENDS:
             raise ValueError(f"grouped GEMM backend {backend!r} is unknown: use one of {list(BACKENDS)}.")
         self.backend = backend
         self.kernel_repo = kernel_repo
         self.kernel_version = kernel_version
+        self.trust_remote_code = trust_remote_code
         self._choice = {}
+
+    @classmethod
+    def from_config(cls, config):
+        """The dispatch a MoLConfig asks for (its grouped_gemm_* fields)."""
+        return cls(
+            config.grouped_gemm_backend,
+            config.grouped_gemm_kernel,
+            config.grouped_gemm_kernel_version,
+            getattr(config, "grouped_gemm_kernel_trust_remote_code", False),
+        )
 
     def __call__(self, x, weight, bias, offsets):
         key = (x.device.type, x.dtype, weight.shape[1], weight.shape[2])
@@ -116,7 +147,8 @@ class MoLGroupedGemm:
         if self.backend in ("auto", "hub_kernel"):
             kernel, reason = self._hub_kernel(x)
             if kernel is not None:
-                _log_once(f"the Hub kernel {self.kernel_repo} v{self.kernel_version}", None)
+                variant = f"torch-{getattr(kernel, 'BACKEND', x.device.type)}"
+                _log_once(f"the Hub kernel {self.kernel_repo} v{self.kernel_version} ({variant} variant)", None)
                 return kernel.grouped_linear
             if self.backend == "hub_kernel":
                 raise RuntimeError(f"grouped_gemm_backend='hub_kernel' but the kernel cannot be used: {reason}.")
@@ -133,11 +165,21 @@ class MoLGroupedGemm:
     def _hub_kernel(self, x):
         if not self.kernel_repo:
             return None, "no grouped_gemm_kernel is configured"
-        if not x.is_cuda:
+        if x.is_cuda:
+            backend = None  # the CUDA variant
+        elif self.backend == "hub_kernel":
+            backend = "cpu"  # forced: the kernel's PyTorch reference variant, through the same loading path
+        else:
             return None, f"the Hub kernel runs on CUDA tensors, these are on {x.device.type}"
         try:
-            return load_hub_kernel(self.kernel_repo, self.kernel_version), None
+            return load_hub_kernel(self.kernel_repo, self.kernel_version, backend, self.trust_remote_code), None
         except Exception as error:  # a missing package, no network, an untrusted repo: fall back, say why
+            reason = str(error)
+            if _untrusted(error):
+                reason += (
+                    f" MoL does not trust it for you: set grouped_gemm_kernel_trust_remote_code=True (or "
+                    f"[{self.kernel_repo!r}]) in the config if you trust {self.kernel_repo}."
+                )
             if self.backend == "auto":
-                logger.warning_once(f"MoL: the grouped-GEMM kernel {self.kernel_repo} did not load ({error}).")
-            return None, str(error)
+                logger.warning_once(f"MoL: the grouped-GEMM kernel {self.kernel_repo} did not load ({reason}).")
+            return None, reason

@@ -1,10 +1,11 @@
 """A Hugging Face Hub-compatible server for tests, on loopback, that accepts uploads.
 
 It speaks the HTTP API that the real `huggingface_hub`, `transformers`, `datasets` and `kernels` clients use:
-whoami, repo create/delete, repo info with siblings, refs, branches, tree, paths-info, preupload, ndjson commits
-(regular and LFS files, deletions), the git-LFS batch and upload endpoints, and resolve (HEAD/GET, ETag,
-X-Repo-Commit, Range). Repos live in memory for the life of the server. Clients must run with
-HF_HUB_DISABLE_XET=1 so that uploads go through LFS rather than Xet storage.
+whoami, organization overview (with the trusted-kernel-publisher flag), repo create/delete, repo info with
+siblings, refs, branches, tree, paths-info, preupload, ndjson commits (regular and LFS files, deletions), the
+git-LFS batch and upload endpoints, and resolve (HEAD/GET, ETag, X-Repo-Commit, Range). Repos live in memory
+for the life of the server. Clients must run with HF_HUB_DISABLE_XET=1 so that uploads go through LFS rather
+than Xet storage.
 """
 
 import base64
@@ -70,6 +71,7 @@ def error(status, code, message):
 class HubState:
     def __init__(self, user="mol-tester", orgs=("mol-encoders", "mol-org")):
         self.user, self.orgs = user, list(orgs)
+        self.trusted_kernel_publishers = set()  # orgs whose kernels `kernels` loads without trust_remote_code
         self.repos = {}
         self.lfs = {}
         self.requests = []
@@ -89,6 +91,7 @@ class HubApp:
         web_repo = r"/(?:(?P<kind>datasets|spaces|kernels)/)?(?P<repo>[^/]+/[^/]+?)"
         self.routes = [
             ("GET", r"/api/whoami-v2", self.whoami),
+            ("GET", r"/api/organizations/(?P<org>[^/]+)/overview", self.organization_overview),
             ("POST", r"/api/repos/create", self.create_repo),
             ("DELETE", r"/api/repos/delete", self.delete_repo),
             ("POST", r"/api/validate-yaml", self.validate_yaml),
@@ -165,6 +168,14 @@ class HubApp:
             "fullname": "MoL tester",
             "orgs": [{"name": org, "roleInOrg": "write"} for org in self.state.orgs],
             "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": "write"}},
+        })
+
+    def organization_overview(self, request, body, org):
+        if org not in self.state.orgs:
+            return error(404, "OrganizationNotFound", f"Organization {org} not found")
+        return JSONResponse({
+            "name": org, "fullname": org, "avatarUrl": "", "numUsers": 1,
+            "trustedKernelPublisher": org in self.state.trusted_kernel_publishers,
         })
 
     def create_repo(self, request, body):

@@ -79,8 +79,8 @@ def test_forced_backends_say_why_they_cannot_run():
     x, weight, bias, offsets = operands([3, 2], torch.float32, out_features=5)
     with pytest.raises(RuntimeError, match="grouped_mm needs rows of a multiple of 16 bytes"):
         MoLGroupedGemm("grouped_mm")(x, weight, bias, offsets)
-    with pytest.raises(RuntimeError, match="the Hub kernel runs on CUDA tensors, these are on cpu"):
-        MoLGroupedGemm("hub_kernel", kernel_repo="mol-encoders/mol-grouped-gemm")(x, weight, bias, offsets)
+    with pytest.raises(RuntimeError, match="no grouped_gemm_kernel is configured"):
+        MoLGroupedGemm("hub_kernel", kernel_repo=None)(x, weight, bias, offsets)
     with pytest.raises(ValueError, match="backend 'fast' is unknown"):
         MoLGroupedGemm("fast")
 

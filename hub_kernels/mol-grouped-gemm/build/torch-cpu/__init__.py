@@ -22,9 +22,19 @@ __all__ = ["BACKEND", "grouped_linear", "grouped_linear_reference", "grouped_lin
 def grouped_linear(x, weight, bias, offsets, activation=None):
     """act(x[rows of g] @ weight[g] + bias[g]) for every group g, in one call. See the module docstring."""
     activation = "none" if activation is None else activation
+    x, weight, bias = _autocast(x, weight, bias)
     _check_operands(x, weight, bias, offsets, activation)
     out, _ = ops.grouped_linear_forward(x, weight, bias, offsets, activation)
     return out
+
+
+def _autocast(x, weight, bias):
+    """Under torch.autocast, run in the autocast dtype as F.linear would: custom ops are not cast automatically."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device)
+    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
 def _check_operands(x, weight, bias, offsets, activation):
