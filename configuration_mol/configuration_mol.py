@@ -200,7 +200,7 @@ class MoLConfig(PretrainedConfig):
                 f"grouped_gemm_backend {self.grouped_gemm_backend!r} is unknown: use one of {list(GROUPED_GEMM_BACKENDS)}."
             )
         trust = self.grouped_gemm_kernel_trust_remote_code
-        if not isinstance(trust, bool) and not (isinstance(trust, list) and all(isinstance(r, str) for r in trust)):
+        if not isinstance(trust, bool) and not (isinstance(trust, list) and all(isinstance(t, str) for t in trust)):
             raise ValueError(
                 f"grouped_gemm_kernel_trust_remote_code must be True, False or a list of kernel repo ids; got {trust!r}."
             )

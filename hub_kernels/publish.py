@@ -20,7 +20,8 @@ from huggingface_hub import HfApi
 
 def _load_sibling(name):
     """hub_kernels/<name>.py by path: `build` is also the name of a PyPA package that may be importable."""
-    spec = importlib.util.spec_from_file_location(f"mol_hub_kernels_{name}", Path(__file__).resolve().parent / f"{name}.py")
+    path = Path(__file__).resolve().parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"mol_hub_kernels_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -64,7 +65,9 @@ def publish(repo_id, private=False, kernel_dir=KERNEL_DIR, api=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repo", default=default_repo_id(), help="ORG/NAME (default: build.toml's [general.hub] repo-id)")
+    parser.add_argument(
+        "--repo", default=default_repo_id(), help="ORG/NAME (default: build.toml's [general.hub] repo-id)"
+    )
     parser.add_argument("--private", action="store_true", help="create the repo private")
     args = parser.parse_args(argv)
     commit = publish(args.repo, private=args.private)

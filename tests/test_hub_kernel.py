@@ -84,7 +84,7 @@ def can_interpret_triton():
 def triton_kernel(built_repo):
     """The torch-cuda variant, its Triton kernels interpreted on the CPU."""
     if not can_interpret_triton():
-        pytest.skip("needs TRITON_INTERPRET=1 before triton is imported: test_triton_tests_in_an_interpreter_process runs it")
+        pytest.skip("needs TRITON_INTERPRET=1 before triton is imported (test_triton_tests_in_an_interpreter_process)")
     from kernels import get_local_kernel
 
     kernel = get_local_kernel(built_repo / "build" / "torch-cuda")  # a variant folder: no backend selection
@@ -257,7 +257,8 @@ def test_triton_kernels_use_no_host_synchronisation(triton_kernel):
 
     guarded = offsets.as_subclass(NoHostRead)
     forward = triton_kernel.triton_grouped_gemm.forward(x.detach(), weight.detach(), b.detach(), guarded, "gelu")
-    triton_kernel.triton_grouped_gemm.backward(grad, x.detach(), weight.detach(), guarded, forward[1], "gelu", True, True, True)
+    flags = ("gelu", True, True, True)  # activation, has_bias, needs_input_grad, needs_weight_grad
+    triton_kernel.triton_grouped_gemm.backward(grad, x.detach(), weight.detach(), guarded, forward[1], *flags)
 
 
 @pytest.mark.parametrize("variant", ["cpu_kernel", "triton_kernel"])
@@ -296,7 +297,9 @@ def model_outputs_and_grads(**config_overrides):
 
 
 @pytest.mark.parametrize(
-    "variant, folder", [("torch-cpu", ""), ("torch-cuda", "build/torch-cuda")], ids=["reference-variant", "triton-variant"]
+    "variant, folder",
+    [("torch-cpu", ""), ("torch-cuda", "build/torch-cuda")],
+    ids=["reference-variant", "triton-variant"],
 )
 def test_model_on_the_kernel_matches_the_torch_path(request, caplog, built_repo, variant, folder):
     if variant == "torch-cuda":
@@ -396,9 +399,11 @@ def test_untrusted_publisher_needs_explicit_trust(published, kernels_reach_the_h
         gemm(x, weight, b, offsets)
     for trust in (True, [published]):
         trusting = MoLGroupedGemm("hub_kernel", kernel_repo=published, kernel_version=1, trust_remote_code=trust)
-        torch.testing.assert_close(trusting(x, weight, b, offsets), mol_grouped_gemm.grouped_linear_loop(x, weight, b, offsets))
+        expected = mol_grouped_gemm.grouped_linear_loop(x, weight, b, offsets)
+        torch.testing.assert_close(trusting(x, weight, b, offsets), expected)
     kernel = get_kernel(published, version=1, backend="cpu", trust_remote_code=True)
-    assert kernel.__file__.endswith("build/torch-cpu/__init__.py") and "kernels--mol-org--mol-grouped-gemm" in kernel.__file__
+    assert kernel.__file__.endswith("build/torch-cpu/__init__.py")
+    assert "kernels--mol-org--mol-grouped-gemm" in kernel.__file__  # the HF cache of the loopback Hub's repo
 
 
 def test_trusted_publisher_loads_without_trust(hub, published, kernels_reach_the_hub):

@@ -42,7 +42,9 @@ def _check_operands(x, weight, bias, offsets, activation):
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} is not supported: use None or 'gelu'.")
     if x.dim() != 2 or weight.dim() != 3 or x.shape[1] != weight.shape[1]:
-        raise ValueError(f"x must be (tokens, in) and weight (groups, in, out); got {tuple(x.shape)} and {tuple(weight.shape)}.")
+        raise ValueError(
+            f"x must be (tokens, in) and weight (groups, in, out); got {tuple(x.shape)} and {tuple(weight.shape)}."
+        )
     if offsets.dim() != 1 or offsets.shape[0] != weight.shape[0] or offsets.dtype not in (torch.int32, torch.int64):
         raise ValueError(
             f"offsets must be the int32 cumulative row ends of the {weight.shape[0]} groups; got {offsets.dtype} "
@@ -51,9 +53,8 @@ def _check_operands(x, weight, bias, offsets, activation):
     if bias is not None and tuple(bias.shape) != (weight.shape[0], weight.shape[2]):
         raise ValueError(f"bias must be (groups, out) = {(weight.shape[0], weight.shape[2])}; got {tuple(bias.shape)}.")
     if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
-        raise ValueError(
-            f"x, weight and bias must share one dtype; got {x.dtype}, {weight.dtype}, {None if bias is None else bias.dtype}."
-        )
+        bias_dtype = None if bias is None else bias.dtype
+        raise ValueError(f"x, weight and bias must share one dtype; got {x.dtype}, {weight.dtype}, {bias_dtype}.")
     devices = {t.device for t in (x, weight, bias, offsets) if t is not None}
     if len(devices) > 1:
         raise ValueError(f"x, weight, bias and offsets must be on one device; got {sorted(map(str, devices))}.")

@@ -197,8 +197,10 @@ def _grouped_weight_grad_kernel(
             rows = r + rs
             inside = rows < row_end  # a reduction: rows of the next group must be zeros, not just dropped
             rows = rows.to(tl.int64)
-            xt = tl.load(x_ptr + rows[None, :] * stride_xm + x_ks[:, None] * stride_xk, mask=inside[None, :], other=0.0)
-            dy = tl.load(dy_ptr + rows[:, None] * stride_dym + dy_cols[None, :] * stride_dyn, mask=inside[:, None], other=0.0)
+            xt_ptrs = x_ptr + rows[None, :] * stride_xm + x_ks[:, None] * stride_xk
+            dy_ptrs = dy_ptr + rows[:, None] * stride_dym + dy_cols[None, :] * stride_dyn
+            xt = tl.load(xt_ptrs, mask=inside[None, :], other=0.0)
+            dy = tl.load(dy_ptrs, mask=inside[:, None], other=0.0)
             acc = _dot(xt, dy, acc, PRECISION, UPCAST)
         dw_ptrs = dw_ptr + group.to(tl.int64) * stride_dwg + ks[:, None] * stride_dwk + cols[None, :] * stride_dwn
         tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=(ks < K)[:, None] & (cols < N)[None, :])
