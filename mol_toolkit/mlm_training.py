@@ -169,6 +169,7 @@ class MLMTrainer:
         with self._main_process_first():
             self.data = RunData(config, self.tokenizer, self.codes)
         self.group_of_language = self.model_config.language_to_group()
+        self.compute_seconds = 0.0  # training steps and evaluation forwards: what is not overhead
 
     # -- setup
 
@@ -360,8 +361,10 @@ class MLMTrainer:
                 for round_index in range(rounds):
                     index = round_index * self.world_size + self.rank
                     batch = batches[min(index, len(batches) - 1)]
+                    compute_started = time.perf_counter()
                     with self.autocast():
                         loss = model(**{k: v.to(self.device) for k, v in batch.items()}).loss.float()
+                    self.compute_seconds += time.perf_counter() - compute_started
                     if index < len(batches):
                         masked = (batch["labels"] != -100).sum().item()
                         total += loss.item() * masked
@@ -399,6 +402,7 @@ class MLMTrainer:
         model.train()
         for step in range(start, config.max_steps):
             batch = self.train_batch(sampler, step)
+            compute_started = time.perf_counter()
             with self.autocast():
                 loss = model(**batch).loss
             loss.backward()
@@ -406,6 +410,9 @@ class MLMTrainer:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()  # the loss is read next anyway; this only makes the timing honest
+            self.compute_seconds += time.perf_counter() - compute_started
             local_tokens = int(batch["attention_mask"].sum())
             mean_loss, tokens = self._all_reduce([loss.item() / self.world_size, local_tokens])
             if not math.isfinite(mean_loss):
@@ -434,7 +441,8 @@ class MLMTrainer:
             if start < config.max_steps:
                 self.save_checkpoint(config.max_steps, model, optimizer, scheduler, sampler)
         result = {"languages": self.codes, "language_groups": self.groups, "steps": config.max_steps,
-                  "devtest_loss": devtest, "wall_time_s": time.perf_counter() - started, "seed": config.seed}
+                  "devtest_loss": devtest, "wall_time_s": time.perf_counter() - started, "seed": config.seed,
+                  "compute_s": self.compute_seconds, "resumed_from_step": start}
         if config.export or config.push_to_hub:
             result["export_dir"] = str(self.export(model, devtest))
         self._write_json("results.json", result)

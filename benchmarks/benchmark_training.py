@@ -1,0 +1,147 @@
+"""Tokens/s of one MLM training step (forward, backward, AdamW step):
+
+1. dense vs MoL at equal active parameters (the same sizes; MoL's group-specific blocks hold G weight copies but
+   each token uses one), goal: MoL step time at most 1.05x dense;
+2. MoL's padding-free path vs transformers' XLMRobertaForMaskedLM (padded batch, logits at every position) on
+   the same FLORES-like length mix, goal: at least 2x.
+
+    python benchmarks/benchmark_training.py                      # CPU-sized defaults
+    python benchmarks/benchmark_training.py --size large --sentences 256 --dtype bf16   # on a GPU
+
+Prints a table and writes JSON (--out). Lengths: FLORES-200 sentences under XLM-R's tokenizer average about 32
+tokens with a long tail (max ~90 here); they are drawn from a log-normal with that mean, clipped to [6, 90].
+"""
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+
+SIZES = {  # hidden, layers, heads, ffn, vocab
+    "tiny": (128, 4, 4, 512, 8000),
+    "small": (256, 4, 4, 1024, 32000),
+    "base": (768, 12, 12, 3072, 250002),
+    "large": (1024, 24, 16, 4096, 250002),
+}
+
+
+def flores_like_lengths(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.lognormal(mean=np.log(28), sigma=0.5, size=count), 6, 90).astype(int)
+
+
+def make_batch(lengths, vocab, num_languages, device, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    longest = int(lengths.max())
+    input_ids = torch.full((len(lengths), longest), 1, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, length in enumerate(lengths):
+        input_ids[row, :length] = torch.randint(5, vocab - 1, (int(length),), generator=generator)
+        attention_mask[row, :length] = 1
+    labels = torch.where((torch.rand(input_ids.shape, generator=generator) < 0.15) & attention_mask.bool(),
+                         input_ids, torch.full_like(input_ids, -100))
+    lang_ids = torch.arange(len(lengths)) % num_languages
+    return {k: v.to(device) for k, v in dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                                             lang_ids=lang_ids).items()}
+
+
+def mol_model(size, num_groups, layout, device, dtype):
+    from configuration_mol import MoLConfig
+    from modeling_mol import MoLForMaskedLM
+
+    hidden, layers, heads, ffn, vocab = SIZES[size]
+    languages = [f"l{g:02d}_Latn" for g in range(num_groups)]
+    groups = {f"g{g:02d}": [code] for g, code in enumerate(languages)} if layout != "dense" else {}
+    config = MoLConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                       intermediate_size=ffn, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                       languages=languages, language_groups=groups, group_layers=layout)
+    return MoLForMaskedLM(config).to(device=device, dtype=dtype)
+
+
+def xlmr_model(size, device, dtype):
+    from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
+
+    hidden, layers, heads, ffn, vocab = SIZES[size]
+    config = XLMRobertaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                              intermediate_size=ffn, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                              max_position_embeddings=514)
+    return XLMRobertaForMaskedLM(config).to(device=device, dtype=dtype)
+
+
+def time_steps(model, batch, steps, warmup):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    inputs = dict(batch) if "lang_ids" in batch and hasattr(model, "mol") else \
+        {k: v for k, v in batch.items() if k != "lang_ids"}
+    timings = []
+    for index in range(warmup + steps):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if index >= warmup:
+            timings.append(time.perf_counter() - start)
+    return float(np.median(timings))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--sentences", type=int, default=64, help="sentences per step")
+    parser.add_argument("--groups", type=int, default=5)
+    parser.add_argument("--layout", default="stacked", help="MoL layout (stacked, lid:a-b-c, interleaved, all)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--out", default="benchmark_training.json")
+    args = parser.parse_args()
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    torch.manual_seed(0)
+    lengths = flores_like_lengths(args.sentences)
+    batch = make_batch(lengths, SIZES[args.size][4], args.groups, device)
+    real_tokens = int(lengths.sum())
+    padded_tokens = int(len(lengths) * lengths.max())
+
+    rows = {}
+    for name, build in [("dense", lambda: mol_model(args.size, args.groups, "dense", device, dtype)),
+                        (f"mol-{args.layout}-{args.groups}g", lambda: mol_model(args.size, args.groups, args.layout,
+                                                                                device, dtype)),
+                        ("xlmr-padded", lambda: xlmr_model(args.size, device, dtype))]:
+        model = build().train()
+        seconds = time_steps(model, batch, args.steps, args.warmup)
+        rows[name] = {"step_s": seconds, "tokens_per_s": real_tokens / seconds}
+        del model
+    dense, mol, xlmr = rows["dense"], rows[f"mol-{args.layout}-{args.groups}g"], rows["xlmr-padded"]
+    summary = {
+        "mol_over_dense_step_time": mol["step_s"] / dense["step_s"],
+        "padding_free_speedup_vs_xlmr": xlmr["step_s"] / dense["step_s"],
+        "padding_share": 1 - real_tokens / padded_tokens,
+    }
+    print(f"{args.size} model, {args.sentences} sentences ({real_tokens} real tokens, "
+          f"{summary['padding_share']:.0%} of the padded batch is padding), {args.dtype} on {device}")
+    print(f"{'model':<24}{'step (ms)':>12}{'tokens/s':>14}")
+    for name, row in rows.items():
+        print(f"{name:<24}{row['step_s'] * 1e3:>12.1f}{row['tokens_per_s']:>14,.0f}")
+    print(f"MoL / dense step time: {summary['mol_over_dense_step_time']:.3f}x (goal <= 1.05x)")
+    print(f"padding-free speed-up over XLMRobertaForMaskedLM: {summary['padding_free_speedup_vs_xlmr']:.2f}x "
+          "(goal >= 2x)")
+    environment = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if device == "cuda" else
+                   platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    with open(args.out, "w") as handle:
+        json.dump({"args": vars(args), "environment": environment, "results": rows, "summary": summary}, handle,
+                  indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The Interference Matrix (Sections 3 and 4 of the paper): train a small MLM model per language and per pair of
+languages, build the loss matrix L and the interference matrix I = (L[A][A] - L[A][B]) / L[A][A], analyse it, and
+write the dataset folder that `publish` uploads to the Hub.
+
+    python build_interference.py                                  # the tiny preset on the shipped sample (CPU, minutes)
+    python build_interference.py --preset paper --languages interference-83 --shard 3/16
+    accelerate launch --num_processes 8 build_interference.py --preset paper   # one job list, split over 8 GPUs
+    python build_interference.py publish --repo ORG/NAME          # upload the dataset folder
+
+A killed sweep resumes where it stopped when started again with the same arguments.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+START = time.perf_counter()
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "analyse", "publish"],
+                        help="run (default): the sweep, then the matrices, analyses and dataset folder; analyse: "
+                             "only the latter, from the results so far; publish: upload the dataset folder")
+    parser.add_argument("--preset", default="tiny", help="tiny (the shipped sample, CPU) or paper (Section 3.1)")
+    parser.add_argument("--languages", help="a preset (interference-83, mol-30, mol-90) or comma-separated FLORES "
+                                            "codes (default: the preset's)")
+    parser.add_argument("--output-dir", help="where results, matrices, plots and the dataset folder go "
+                                             "(default: runs/interference-PRESET)")
+    parser.add_argument("--shard", default="0/1", help="i/N: run every N-th job starting at i (default 0/1: all)")
+    parser.add_argument("--max-steps", type=int, help="override the preset's training steps per model")
+    parser.add_argument("--similarity-encoder", help="a Hub encoder (or folder) for Section 4: embedding similarity "
+                                                     "of a parallel set, rank-correlated with I")
+    parser.add_argument("--parallel", default="data/udhr/udhr46_articles.jsonl",
+                        help="the n-way parallel jsonl for --similarity-encoder (lang, id, text)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="write/publish a matrix with missing runs (the card says so)")
+    parser.add_argument("--repo", help="publish: the Hub dataset repo, ORG/NAME")
+    parser.add_argument("--private", action="store_true", help="publish: create the repo private")
+    return parser.parse_args(argv)
+
+
+def build_sweep(args):
+    from mol_toolkit.sweep import Sweep
+
+    overrides = {"max_steps": args.max_steps} if args.max_steps else None
+    return Sweep(args.preset, args.languages, args.output_dir, overrides)
+
+
+def similarity_matrix(args, codes):
+    if not args.similarity_encoder:
+        return None
+    from mol_toolkit.grouping import read_parallel_set
+    from mol_toolkit.interference_analysis import embedding_similarity
+
+    return embedding_similarity(codes, read_parallel_set(args.parallel, codes), args.similarity_encoder)
+
+
+def write_outputs(sweep, args):
+    """L, I, every analysis and the dataset folder from the results so far; missing runs are reported, not filled."""
+    from mol_toolkit.interference_analysis import loss_matrix, missing_cells
+    from mol_toolkit.interference_matrix import write_dataset_folder
+
+    rows = sweep.result_rows()
+    losses = loss_matrix(rows, sweep.languages)
+    missing = missing_cells(losses)
+    if missing:
+        print(f"The matrix misses {len(missing)} cells ({len(sweep.missing_runs())} runs: "
+              f"{', '.join(sweep.missing_runs()[:8])}{' ...' if len(sweep.missing_runs()) > 8 else ''}).")
+        if not args.allow_incomplete:
+            print("Not writing the dataset folder: finish the other shards, or pass --allow-incomplete.")
+            return None
+    report = write_dataset_folder(sweep.output_dir / "dataset", losses, rows, sweep.settings,
+                                  allow_incomplete=args.allow_incomplete,
+                                  similarity=similarity_matrix(args, sweep.languages), repo_id=args.repo)
+    losses.to_csv(sweep.output_dir / "loss_matrix.csv")
+    return report
+
+
+def run(args):
+    from accelerate import PartialState
+
+    from mol_toolkit.sweep import parse_shard, select_jobs
+
+    shard = parse_shard(args.shard)
+    sweep = build_sweep(args)
+    state = PartialState()
+    with state.main_process_first():
+        preparation = sweep.prepare(is_main=state.is_main_process)
+    jobs = select_jobs(sweep.jobs, shard, (state.process_index, state.num_processes))
+    label = f"{args.shard}:{state.process_index}/{state.num_processes}"
+    if state.is_main_process:
+        print(f"Interference sweep ({args.preset}): {len(sweep.languages)} languages, {len(sweep.jobs)} runs; this "
+              f"shard {args.shard} runs {len(select_jobs(sweep.jobs, shard))} of them over {state.num_processes} "
+              f"process(es). Output: {sweep.output_dir}")
+    timing = sweep.run(jobs, label, show_progress=state.is_local_main_process)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return 0
+    report = write_outputs(sweep, args)
+    wall = time.perf_counter() - START
+    overhead = {"wall_s": wall, "compute_s": timing["compute_s"], "overhead_s": wall - timing["compute_s"],
+                "overhead_share": (wall - timing["compute_s"]) / wall, "runs": timing["runs"],
+                "skipped": timing["skipped"], "prepare_s": preparation["prepare_s"],
+                "tokenizations": len(preparation["tokenized"]), "languages": len(sweep.languages)}
+    (sweep.output_dir / "sweep_timing.json").write_text(json.dumps(overhead, indent=2))
+    print(f"Sweep overhead (all but training steps and evaluation forwards): {overhead['overhead_s']:.1f} s of "
+          f"{wall:.1f} s ({overhead['overhead_share']:.1%}); {len(preparation['tokenized'])} tokenizations.")
+    if report is not None:
+        print(f"Wrote the matrices, analyses and dataset folder to {sweep.output_dir} "
+              f"(publish with: python build_interference.py publish --repo ORG/NAME --output-dir {sweep.output_dir})")
+    state.destroy_process_group() if hasattr(state, "destroy_process_group") else None
+    return 0
+
+
+def analyse(args):
+    sweep = build_sweep(args)
+    sweep.check_output_dir()
+    report = write_outputs(sweep, args)
+    if report is not None:
+        print(f"Wrote the matrices, analyses and dataset folder to {sweep.output_dir}")
+    return 0
+
+
+def publish(args):
+    from mol_toolkit.interference_matrix import publish_dataset
+
+    if not args.repo:
+        raise ValueError("publish needs --repo ORG/NAME (the Hub dataset to create or update).")
+    folder = Path(args.output_dir or f"runs/interference-{args.preset}") / "dataset"
+    if not (folder / "README.md").is_file():
+        raise ValueError(f"{folder} holds no dataset folder: run the sweep first (python build_interference.py "
+                         f"--output-dir {folder.parent}).")
+    publish_dataset(folder, args.repo, private=args.private, allow_incomplete=args.allow_incomplete)
+    print(f"Published {folder} as the Hub dataset {args.repo}: "
+          f"datasets.load_dataset({args.repo!r}, 'interference')")
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return {"run": run, "analyse": analyse, "publish": publish}[args.command](args)
+    except ValueError as error:
+        print(f"build_interference.py: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
