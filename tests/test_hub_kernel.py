@@ -68,7 +68,7 @@ def built_repo(tmp_path_factory):
 def cpu_kernel(built_repo):
     from kernels import get_local_kernel
 
-    return get_local_kernel(built_repo)  # a CPU build of torch: kernels picks build/torch-cpu
+    return get_local_kernel(built_repo, backend="cpu")  # on a CUDA build of torch too
 
 
 def can_interpret_triton():
@@ -261,6 +261,57 @@ def test_triton_kernels_use_no_host_synchronisation(triton_kernel):
     triton_kernel.triton_grouped_gemm.backward(grad, x.detach(), weight.detach(), guarded, forward[1], *flags)
 
 
+def compile_for_hopper(kernel, dtype, constants, num_warps, num_stages, unit_strides, odd=("num_rows", "num_groups")):
+    """Compile a @triton.jit kernel for sm_90 ahead of time, no GPU needed; returns its PTX. Arguments are
+    specialised the way a launch on MoL shapes would: pointers and sizes 16-divisible, unit strides constant."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    constants = dict(constants, **{name: 1 for name in unit_strides})
+    signature, attrs = {}, {}
+    for index, name in enumerate(kernel.arg_names):
+        if name in constants or kernel.params[index].is_constexpr:
+            signature[name] = "constexpr"
+            continue
+        signature[name] = ("*i32" if name in ("offsets_ptr", "order_ptr") else f"*{dtype}") if name.endswith("_ptr") else "i32"
+        if name not in odd:
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    target = GPUTarget("cuda", 90, 32)
+    options = triton.compiler.make_backend(target).parse_options({"num_warps": num_warps, "num_stages": num_stages})
+    source = triton.compiler.ASTSource(fn=kernel, constexprs=constants, signature=signature, attrs=attrs)
+    return triton.compile(source, target=target, options=options.__dict__).asm["ptx"]
+
+
+@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests compile and run the kernels there")
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_cuda_kernels_compile_for_hopper_with_tensor_cores_and_pipelining(built_repo, dtype):
+    """The compiled (not interpreted) kernels build for an H100 on this CPU machine, with asynchronous, multi-stage
+    loads (cp.async) and, for bf16, Hopper's tensor-core instructions (wgmma): the fast path, not a fallback."""
+    if can_interpret_triton():
+        pytest.skip("this process interprets Triton")
+    from kernels import get_local_kernel
+
+    module = get_local_kernel(built_repo / "build" / "torch-cuda").triton_grouped_gemm
+    assert not module.interpreted()
+    matmul_config, weight_grad_config = module._matmul_configs()[0], module._weight_grad_configs()[0]
+    precision = {"PRECISION": "tf32" if dtype == "bf16" else "ieee", "UPCAST": False}
+    matmul = dict(matmul_config.kwargs, HAS_BIAS=True, GELU=True, EVEN_K=True, GROUPS_POW2=16, **precision)
+    launches = {
+        "forward": (module._grouped_matmul_kernel, matmul, ("stride_ak", "stride_bn", "stride_on")),
+        "dx (W transposed)": (module._grouped_matmul_kernel, dict(matmul, HAS_BIAS=False, GELU=False),
+                              ("stride_ak", "stride_bk", "stride_on")),
+        "dW and db": (module._grouped_weight_grad_kernel, dict(weight_grad_config.kwargs, HAS_DBIAS=1, **precision),
+                      ("stride_xk", "stride_dyn", "stride_dwn")),
+    }
+    for name, (kernel, constants, unit_strides) in launches.items():
+        config = matmul_config if kernel is module._grouped_matmul_kernel else weight_grad_config
+        ptx = compile_for_hopper(kernel, dtype, constants, config.num_warps, config.num_stages, unit_strides)
+        assert "cp.async" in ptx, name
+        # IEEE fp32 has no tensor-core instruction: fp32 multiplies on FMA units unless TF32 is allowed.
+        assert ("wgmma" in ptx) == (dtype == "bf16"), name
+
+
 @pytest.mark.parametrize("variant", ["cpu_kernel", "triton_kernel"])
 def test_op_passes_opcheck_and_compiles_without_graph_break(request, variant):
     kernel = request.getfixturevalue(variant)
@@ -418,7 +469,10 @@ def test_trusted_publisher_loads_without_trust(hub, published, kernels_reach_the
 
 
 # ---- on a GPU ------------------------------------------------------------------------------------------------------
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+    reason="needs a CUDA device (and Triton compiling, not interpreting)",
+)
 
 
 @pytest.mark.gpu
