@@ -16,7 +16,7 @@ def _free_namespace(base):
     return namespace
 
 
-NAMESPACE = _free_namespace("_mol_grouped_gemm_cuda_d425e0ee49")
+NAMESPACE = _free_namespace("_mol_grouped_gemm_cuda_229b1076b7")
 ops = getattr(torch.ops, NAMESPACE)
 
 

@@ -161,7 +161,8 @@ def _grouped_matmul_kernel(
     tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-_grouped_matmul_tuned = triton.autotune(configs=_matmul_configs(), key=["N", "K", "num_groups"])(
+_MATMUL_TUNING_KEY = ["N", "K", "num_groups", "stride_bk", "stride_bn"]  # B's strides tell forward (W) from dx (W^T)
+_grouped_matmul_tuned = triton.autotune(configs=_matmul_configs(), key=_MATMUL_TUNING_KEY)(
     triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})(_grouped_matmul_kernel)
 )
 
