@@ -21,8 +21,13 @@ import shutil
 import string
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
+
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 
 HERE = Path(__file__).resolve().parent

@@ -16,7 +16,7 @@ def _free_namespace(base):
     return namespace
 
 
-NAMESPACE = _free_namespace("_mol_grouped_gemm_cpu_229b1076b7")
+NAMESPACE = _free_namespace("_mol_grouped_gemm_cpu_72dfe6d2ec")
 ops = getattr(torch.ops, NAMESPACE)
 
 

@@ -1,6 +1,6 @@
 """The grouped linear op in Triton: Y[rows of g] = act(X[rows of g] @ W[g] + b[g]) and its backward.
 
-Three kernels, all fed the int32 cumulative row ends (`offsets`) as a device tensor, so group sizes never reach
+Two kernels, both fed the int32 cumulative row ends (`offsets`) as a device tensor, so group sizes never reach
 the host and nothing waits for the GPU:
 
 - `_grouped_matmul_kernel` (forward, and dx = dY @ W[g]^T by passing W transposed through its strides): one
