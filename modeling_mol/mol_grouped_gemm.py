@@ -13,6 +13,7 @@ Three implementations give the same numbers; `MoLGroupedGemm` picks one per devi
 Flat remote-code helper: copied beside modeling_mol.py into every exported checkpoint.
 """
 
+import os
 from pathlib import Path
 
 import torch
@@ -90,18 +91,25 @@ def load_hub_kernel(repo_id, version, backend=None, trust_remote_code=False):
     `backend` is None (the backend torch was built for) or "cpu" (the torch-cpu variant, on any torch build).
     `trust_remote_code` goes to `kernels` unchanged: only the user's own choice ever trusts a publisher."""
     trust_key = tuple(trust_remote_code) if isinstance(trust_remote_code, list) else trust_remote_code
-    key = (repo_id, version, backend, trust_key)
+    key = (repo_id, version, backend, trust_key, os.environ.get("LOCAL_KERNELS"))  # the mapping picks the kernel
     if key not in _LOADED_KERNELS:
         try:
-            from kernels import get_kernel, get_local_kernel
-        except ImportError as error:
-            raise ImportError("the `kernels` package is not installed (pip install kernels)") from error
-        if Path(repo_id).is_dir():
-            kernel = get_local_kernel(Path(repo_id), backend=backend)
-        else:
-            kernel = get_kernel(repo_id, version=version, backend=backend, trust_remote_code=trust_remote_code)
-        _LOADED_KERNELS[key] = kernel
+            _LOADED_KERNELS[key] = _fetch_kernel(repo_id, version, backend, trust_remote_code)
+        except Exception as error:  # remembered: every layer shape asks, and the Hub need not be asked again
+            _LOADED_KERNELS[key] = error
+    if isinstance(_LOADED_KERNELS[key], Exception):
+        raise _LOADED_KERNELS[key]
     return _LOADED_KERNELS[key]
+
+
+def _fetch_kernel(repo_id, version, backend, trust_remote_code):
+    try:
+        from kernels import get_kernel, get_local_kernel
+    except ImportError as error:
+        raise ImportError("the `kernels` package is not installed (pip install kernels)") from error
+    if Path(repo_id).is_dir():
+        return get_local_kernel(Path(repo_id), backend=backend)
+    return get_kernel(repo_id, version=version, backend=backend, trust_remote_code=trust_remote_code)
 
 
 def _untrusted(error):
