@@ -93,6 +93,8 @@ class MoLConfig(PretrainedConfig):
         grouped_gemm_kernel_trust_remote_code (`bool` or `list[str]`): the user's explicit trust in a kernel repo
             whose publisher the Hub does not mark as a trusted kernel publisher (`kernels`' `trust_remote_code`: `True`,
             or a list of repo ids). `False` (the default) refuses such a kernel, says why, and runs the torch path.
+            Never written to config.json: trust is the loading user's decision
+            (`from_pretrained(..., grouped_gemm_kernel_trust_remote_code=True)`), not the checkpoint's.
         classifier_pooling (`str`): `cls` (XLM-R's first-token head) or `mean` for sequence classification.
     """
 
@@ -208,6 +210,11 @@ class MoLConfig(PretrainedConfig):
             raise ValueError(
                 f"classifier_pooling {self.classifier_pooling!r} is unknown: use one of {list(CLASSIFIER_POOLINGS)}."
             )
+
+    def to_dict(self):
+        output = super().to_dict()
+        output.pop("grouped_gemm_kernel_trust_remote_code", None)
+        return output
 
     @property
     def num_groups(self):

@@ -228,9 +228,7 @@ class MoLLayer(GradientCheckpointingLayer):
 class MoLEncoder(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.grouped_gemm = MoLGroupedGemm(
-            config.grouped_gemm_backend, config.grouped_gemm_kernel, config.grouped_gemm_kernel_version
-        )
+        self.grouped_gemm = MoLGroupedGemm.from_config(config)
         self.layer = nn.ModuleList([MoLLayer(config, i, self.grouped_gemm) for i in range(config.num_hidden_layers)])
 
     def forward(self, rows, batch, output_hidden_states=False):

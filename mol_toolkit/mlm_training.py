@@ -11,6 +11,7 @@ into `step-N.partial/` and renamed to `step-N/` only when complete; resuming pic
 """
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -84,12 +85,18 @@ def per_language_sources(spec, codes, role, overrides=None):
 
 
 def load_tokenizer(config):
+    return _tokenizer(os.path.expanduser(config.tokenizer))
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(name):
+    """One load per process: the sweep's many runs share it (tokenizers are not modified by a run)."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(os.path.expanduser(config.tokenizer))
+        return AutoTokenizer.from_pretrained(name)
     except Exception as error:
-        raise ValueError(f"The tokenizer {config.tokenizer!r} cannot be loaded: {error}") from error
+        raise ValueError(f"The tokenizer {name!r} cannot be loaded: {error}") from error
 
 
 def model_config(config, tokenizer, codes, groups):
@@ -126,10 +133,10 @@ class RunData:
             extra = mlm_data.resolve_source(supplementary, code, "supplementary_data") if supplementary else None
             self.train.append(mlm_data.tokenized_language(
                 code, "train", [train_sources[code], extra], tokenizer, config.max_length, config.cache_dir,
-                config.max_sentences, config.min_sentences, config.deduplicate)["input_ids"])
+                config.max_sentences, config.min_sentences, config.deduplicate))
             self.devtest.append(mlm_data.tokenized_language(
                 code, "devtest", [devtest_sources[code], None], tokenizer, config.max_length, config.cache_dir,
-                config.eval_sentences, None, False)["input_ids"])
+                config.eval_sentences, None, False)["input_ids"][:])  # small: held as lists
         self.masking = mlm_data.MaskingSpec(
             mask_token_id=tokenizer.mask_token_id, pad_token_id=tokenizer.pad_token_id, vocab_size=len(tokenizer),
             special_token_ids=tuple(sorted(set(tokenizer.all_special_ids) - {tokenizer.pad_token_id})),
@@ -137,6 +144,18 @@ class RunData:
 
     def sizes(self):
         return [len(sentences) for sentences in self.train]
+
+    def train_sequences(self, pairs):
+        """Token ids of (language, index) pairs, in order: one Arrow read per language, not one per sentence."""
+        by_language = {}
+        for position, (lang, index) in enumerate(pairs):
+            by_language.setdefault(lang, []).append((position, index))
+        sequences = [None] * len(pairs)
+        for lang, wanted in by_language.items():
+            rows = self.train[lang][[index for _, index in wanted]]["input_ids"]
+            for (position, _), ids in zip(wanted, rows):
+                sequences[position] = ids
+        return sequences
 
 
 # -- the run
@@ -341,7 +360,7 @@ class MLMTrainer:
 
     def train_batch(self, sampler, step):
         pairs = sampler.next_batch(step, self.rank)
-        sequences = [self.data.train[lang][index] for lang, index in pairs]
+        sequences = self.data.train_sequences(pairs)
         batch = mlm_data.mlm_batch(sequences, [lang for lang, _ in pairs], self.data.masking,
                                    mlm_data.step_generator(self.config.seed, step, self.rank))
         return {k: v.to(self.device) for k, v in batch.items()}
@@ -437,9 +456,9 @@ class MLMTrainer:
             progress.close()
         devtest = self.evaluate(model)
         self._log(metrics_path, config.max_steps, {f"devtest/{k}": v for k, v in devtest.items()})
-        if not config.checkpoint_every or config.max_steps % config.checkpoint_every:
-            if start < config.max_steps:
-                self.save_checkpoint(config.max_steps, model, optimizer, scheduler, sampler)
+        saved_last_step = config.checkpoint_every and config.max_steps % config.checkpoint_every == 0
+        if config.checkpoint_at_end and not saved_last_step and start < config.max_steps:
+            self.save_checkpoint(config.max_steps, model, optimizer, scheduler, sampler)
         result = {"languages": self.codes, "language_groups": self.groups, "steps": config.max_steps,
                   "devtest_loss": devtest, "wall_time_s": time.perf_counter() - started, "seed": config.seed,
                   "compute_s": self.compute_seconds, "resumed_from_step": start}

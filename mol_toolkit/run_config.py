@@ -91,6 +91,8 @@ class RunConfig:
     # -- run
     output_dir: str = _key("runs/mlm", "Run folder: checkpoints, logs, metrics.jsonl, the exported model.", "run")
     checkpoint_every: int = _key(1000, "Save a checkpoint every N steps (0: only at the end).", "run")
+    checkpoint_at_end: bool = _key(True, "Also save a checkpoint after the last step (the sweep's runs, whose "
+                                   "results are written at once, skip it).", "run")
     keep_checkpoints: int = _key(2, "Checkpoints kept on disk (the newest).", "run")
     eval_every: int = _key(1000, "Evaluate devtest MLM loss every N steps (0: only at the end).", "run")
     log_every: int = _key(10, "Log the training loss every N steps.", "run")

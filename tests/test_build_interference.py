@@ -27,7 +27,8 @@ def shared_cache(tmp_path_factory):
 
 
 def sweep_command(out, *extra):
-    return SCRIPT + ["--languages", LANGUAGES, "--max-steps", "10", "--output-dir", str(out), *extra]
+    return SCRIPT + ["--languages", LANGUAGES, "--max-steps", "10", "--checkpoint-every", "5", "--output-dir", str(out),
+                     *extra]
 
 
 def run_cli(command, **kwargs):
@@ -91,8 +92,8 @@ def test_killed_sweep_resumes_with_exactly_the_uninterrupted_results(shared_cach
     out = shared_cache / "killed"
     env = dict(os.environ, PYTHONPATH=str(PROJECT), OMP_NUM_THREADS="1")
     # Checkpoints every 5 of the 10 steps: the kill lands after the first runs finished and inside a later one.
-    process = subprocess.Popen(SCRIPT + ["--languages", LANGUAGES, "--max-steps", "10", "--output-dir", str(out)],
-                               cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(sweep_command(out), cwd=PROJECT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     checkpoints = out / "runs"
     while time.time() < deadline and process.poll() is None:

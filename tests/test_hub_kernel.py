@@ -386,6 +386,18 @@ def test_config_validates_kernel_trust():
         MoLConfig(**tiny_config_kwargs(grouped_gemm_kernel_trust_remote_code="yes"))
 
 
+def test_kernel_trust_is_the_loading_users_and_never_saved(tmp_path):
+    from modeling_mol import MoLModel
+
+    trusting = MoLConfig(**tiny_config_kwargs(grouped_gemm_kernel_trust_remote_code=True))
+    assert MoLModel(trusting).encoder.grouped_gemm.trust_remote_code is True
+    trusting.save_pretrained(tmp_path)
+    assert "grouped_gemm_kernel_trust_remote_code" not in (tmp_path / "config.json").read_text()
+    assert MoLConfig.from_pretrained(tmp_path).grouped_gemm_kernel_trust_remote_code is False
+    given = MoLConfig.from_pretrained(tmp_path, grouped_gemm_kernel_trust_remote_code=["org/kernel"])
+    assert given.grouped_gemm_kernel_trust_remote_code == ["org/kernel"]
+
+
 # ---- publishing and trust, on the loopback Hub ---------------------------------------------------------------------
 @pytest.fixture
 def kernels_reach_the_hub():

@@ -267,15 +267,20 @@ def test_help_documents_every_key():
 # -- two processes, FSDP2 on gloo
 
 
+def launch_on_cpu(processes, *arguments):
+    """`accelerate launch` of the tiny config with real gloo ranks (FACTS.md: `--cpu` would start only one)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(PROJECT / "train_mlm.py"), "--config", str(TINY), *arguments]
+    env = dict(launch_env(), ACCELERATE_USE_CPU="true")
+    return subprocess.run(command, env=env, capture_output=True, text=True, cwd=PROJECT, timeout=300)
+
+
 @pytest.mark.slow
 def test_two_process_fsdp_run_shards_learns_and_exports(tmp_path, cache_dir):
     out = tmp_path / "fsdp"
-    env = dict(launch_env(), ACCELERATE_USE_CPU="true")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(PROJECT / "train_mlm.py"), "--config", str(TINY), "--output-dir", str(out), "--cache-dir", cache_dir,
-               "--max-steps", "40", "--checkpoint-every", "20", "--eval-every", "20", "--log-every", "5"]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, cwd=PROJECT, timeout=300)
+    run = launch_on_cpu(2, "--output-dir", str(out), "--cache-dir", cache_dir, "--max-steps", "40",
+                        "--checkpoint-every", "20", "--eval-every", "20", "--log-every", "5")
     assert run.returncode == 0, run.stderr[-3000:]
 
     reports = [json.loads((out / f"sharding-rank{rank}.json").read_text()) for rank in range(2)]
@@ -317,13 +322,9 @@ def test_two_process_fsdp_run_shards_learns_and_exports(tmp_path, cache_dir):
 @pytest.mark.slow
 def test_four_process_hsdp_replicates_across_and_shards_within_groups(tmp_path, cache_dir):
     out = tmp_path / "hsdp"
-    env = dict(launch_env(), ACCELERATE_USE_CPU="true")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "4",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(PROJECT / "train_mlm.py"), "--config", str(TINY), "--output-dir", str(out), "--cache-dir", cache_dir,
-               "--max-steps", "3", "--checkpoint-every", "2", "--strategy", "hsdp", "--shard-group-size", "2",
-               "--sentences-per-device", "4", "--export", "false", "--trackers", "[]"]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, cwd=PROJECT, timeout=300)
+    run = launch_on_cpu(4, "--output-dir", str(out), "--cache-dir", cache_dir, "--max-steps", "3",
+                        "--checkpoint-every", "2", "--strategy", "hsdp", "--shard-group-size", "2",
+                        "--sentences-per-device", "4", "--export", "false", "--trackers", "[]")
     assert run.returncode == 0, run.stderr[-3000:]
     reports = [json.loads((out / f"sharding-rank{rank}.json").read_text()) for rank in range(4)]
     name = "mol.embeddings.word_embeddings.weight"
