@@ -83,13 +83,15 @@ def write_outputs(sweep, args):
 
 
 def run(args):
+    import torch
     from accelerate import PartialState
 
     from mol_toolkit.sweep import parse_shard, select_jobs
 
     shard = parse_shard(args.shard)
     sweep = build_sweep(args)
-    state = PartialState()
+    # Without cpu=True a CPU launch of several processes would leave each believing it is alone.
+    state = PartialState(cpu=not torch.cuda.is_available())
     with state.main_process_first():
         preparation = sweep.prepare(is_main=state.is_main_process)
     jobs = select_jobs(sweep.jobs, shard, (state.process_index, state.num_processes))

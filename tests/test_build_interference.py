@@ -199,3 +199,21 @@ def test_an_incomplete_matrix_is_published_only_with_the_flag(shared_cache, unin
     run = run_cli(SCRIPT + ["publish", "--repo", "mol-tests/incomplete", "--output-dir", str(out), "--allow-incomplete"])
     assert run.returncode == 0, run.stderr[-2000:]
     assert "ncomplete" in (out / "dataset" / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_accelerate_launch_splits_the_runs_across_processes(shared_cache, uninterrupted):
+    out = shared_cache / "launched"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = dict(os.environ, PYTHONPATH=str(PROJECT), OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    run = subprocess.run(launch + sweep_command(out)[1:], cwd=PROJECT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    labels = {path.stem: json.loads(path.read_text())["rows"][0]["shard"] for path in (out / "results").glob("*.json")}
+    assert set(labels.values()) == {"0/1:0/2", "0/1:1/2"}  # both processes ran their own part
+    expected = result_rows(uninterrupted)
+    assert sorted(result_rows(out)) == sorted(expected)
+    for key, loss in result_rows(out).items():
+        assert loss == pytest.approx(expected[key], rel=1e-6), key
+    assert (out / "dataset" / "README.md").is_file()
