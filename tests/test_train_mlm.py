@@ -220,6 +220,32 @@ def test_push_to_hub(tmp_path, cache_dir, hub):
     assert model.config.languages == TINY_LANGUAGES and model.config.group_layers == [0, 1]
 
 
+def test_hub_dataset_sources_streamed_with_a_template_per_language(tmp_path, hub, udhr_texts):
+    """NLLB-style sources: one Hub dataset config per language ('{lang}' in the name), the training text streamed."""
+    from datasets import Dataset
+
+    for code in ("eng_Latn", "fra_Latn"):
+        texts = udhr_texts[code]
+        Dataset.from_dict({"text": texts[:24] + texts[:3]}).push_to_hub("mol-tests/udhr-nllb-style", config_name=code,
+                                                                        split="train")
+        Dataset.from_dict({"text": texts[24:]}).push_to_hub("mol-tests/udhr-flores-style", config_name=code,
+                                                            split="devtest")
+    config = tiny(tmp_path, str(tmp_path / "cache"), languages=["eng_Latn", "fra_Latn"], group_layers="dense",
+                  train_data={"dataset": "mol-tests/udhr-nllb-style", "name": "{lang}", "streaming": True},
+                  devtest_data={"dataset": "mol-tests/udhr-flores-style", "name": "{lang}", "split": "devtest"},
+                  max_sentences=20, max_steps=3, checkpoint_every=0)
+    trainer = MLMTrainer(config, show_progress=False)
+    assert trainer.data.sizes() == [20, 20]  # capped (and the 3 repeats would have been dropped)
+    assert [len(d) for d in trainer.data.devtest] == [6, 6]
+    result = trainer.train()
+    assert set(result["devtest_loss"]) == {"eng_Latn", "fra_Latn"}
+    uncapped = tiny(tmp_path, str(tmp_path / "cache"), languages=["eng_Latn"], group_layers="dense",
+                    train_data={"dataset": "mol-tests/udhr-nllb-style", "name": "{lang}"},
+                    devtest_data={"dataset": "mol-tests/udhr-flores-style", "name": "{lang}", "split": "devtest"},
+                    max_sentences=None)
+    assert MLMTrainer(uncapped, show_progress=False).data.sizes() == [24]  # 27 rows, 3 exact repeats
+
+
 # -- bad input fails before anything runs
 
 
@@ -292,6 +318,7 @@ def test_two_process_fsdp_run_shards_learns_and_exports(tmp_path, cache_dir):
 
     metrics = read_metrics(out)
     assert metrics[40]["train/loss"] < metrics[5]["train/loss"] - 0.3
+    assert list(out.glob("tiny_udhr/events.out.tfevents.*")), "TensorBoard (the default tracker) logged nothing"
     assert all(f"devtest/{code}" in metrics[20] for code in TINY_LANGUAGES)
 
     from modeling_mol import MoLModel
