@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from .languages import language, language_table
+from .languages import language, language_table, resolve_languages
 
 
 # Section 3.5: "families with at least three languages represented in our interference matrix". The paper gives
@@ -38,14 +38,6 @@ IQR_FACTOR = 1.5
 
 
 # ---- the matrices -------------------------------------------------------------------------------------------------
-def _codes(languages):
-    codes = [language(code).code for code in languages]
-    repeated = sorted({c for c in codes if codes.count(c) > 1})
-    if repeated:
-        raise ValueError(f"Languages {repeated} are listed more than once.")
-    return codes
-
-
 def check_result_row(row):
     """A result row -> (sorted trained codes, evaluated code, loss), or a ValueError naming the row."""
     missing = [key for key in ("languages", "eval_language", "loss") if key not in row]
@@ -68,7 +60,7 @@ def loss_matrix(results, languages):
     """L over `languages` (index: evaluated language, columns: the other trained language; diagonal: monolingual)
     from result rows ({languages, eval_language, loss, ...}). Rows about other languages are skipped, so a subset of
     a larger sweep can be analysed. Cells without a run stay NaN."""
-    codes = _codes(languages)
+    codes = resolve_languages(list(languages))
     matrix = pd.DataFrame(np.nan, index=pd.Index(codes, name="language"),
                           columns=pd.Index(codes, name="added_language"))
     rows = results.to_dict("records") if isinstance(results, pd.DataFrame) else results

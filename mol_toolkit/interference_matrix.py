@@ -237,8 +237,6 @@ def matrix_from_dataset(source, values="interference"):
     """The N x N matrix from a published dataset (Hub id, folder or file of its `interference` rows), in the order
     the rows were written. `values="interference"`: I, diagonal 0; `values="loss"`: L, diagonal the monolingual
     loss. Missing cells are NaN."""
-    import pandas as pd
-
     column = {"interference": "interference", "loss": "loss_pair"}.get(values)
     if column is None:
         raise ValueError(f"values={values!r}: choose 'interference' (I) or 'loss' (L).")

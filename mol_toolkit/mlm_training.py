@@ -189,6 +189,7 @@ class MLMTrainer:
             self.data = RunData(config, self.tokenizer, self.codes)
         self.group_of_language = self.model_config.language_to_group()
         self.compute_seconds = 0.0  # training steps and evaluation forwards: what is not overhead
+        self._eval_batches = None
 
     # -- setup
 
@@ -367,12 +368,10 @@ class MLMTrainer:
 
     def evaluate(self, model):
         """MLM loss per devtest language: the sum of token losses over all ranks' batches / the masked tokens."""
-        size = self.config.sentences_per_device
         losses = {}
         model.eval()
         with torch.no_grad():
-            for lang_id, code in enumerate(self.codes):
-                batches = mlm_data.eval_batches(code, lang_id, self.data.devtest[lang_id], self.data.masking, size)
+            for code, batches in zip(self.codes, self.eval_batches()):
                 # Every rank runs the same number of forwards (FSDP gathers weights collectively); the padding
                 # batches count for nothing.
                 rounds = math.ceil(len(batches) / self.world_size)
@@ -392,6 +391,14 @@ class MLMTrainer:
                 losses[code] = total / count
         model.train()
         return losses
+
+    def eval_batches(self):
+        """Every language's masked devtest batches, built once: each evaluation of the run reuses them."""
+        if self._eval_batches is None:
+            size = self.config.sentences_per_device
+            self._eval_batches = [mlm_data.eval_batches(code, lang_id, devtest, self.data.masking, size)
+                                  for lang_id, (code, devtest) in enumerate(zip(self.codes, self.data.devtest))]
+        return self._eval_batches
 
     # -- the loop
 
@@ -415,7 +422,6 @@ class MLMTrainer:
             self.accelerator.init_trackers(config.run_name or "mol-mlm", config=_tracker_config(config))
         self._write_json(f"sharding-rank{self.rank}.json", self.sharding_report(model), every_rank=True)
         last_checkpoint = resume_from
-        devtest = None
         started, tokens_seen = time.perf_counter(), 0
         progress = self._progress(start)
         model.train()

@@ -12,7 +12,6 @@ unordered pair of languages, each evaluated on the devtest set of each of its la
 import hashlib
 import itertools
 import json
-import os
 import shutil
 import time
 from pathlib import Path

@@ -268,7 +268,7 @@ def test_an_incomplete_matrix_needs_the_flag_and_says_so(tmp_path, hub):
     losses = ia.loss_matrix(nine_results(skip), NINE)
     folder = tmp_path / "incomplete"
     with pytest.raises(ValueError, match=r"misses 2 cells of the loss matrix \(eng_Latn/fra_Latn, nld_Latn/nld_Latn\).*"
-                                         r"allow_incomplete=True") as error:
+                                         r"allow_incomplete=True"):
         im.write_dataset_folder(folder, losses, nine_results(skip), SETTINGS)
     assert not folder.exists()  # refused before anything is written
 
