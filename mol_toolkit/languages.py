@@ -97,3 +97,105 @@ def resolve_languages(spec):
     if repeated:
         raise ValueError(f"Languages {repeated} are listed more than once.")
     return codes
+
+
+# ---- other spellings of a language: ISO 639-1, ISO 639-3, BCP 47, mteb's `xxx-Scrp` ------------------------------
+
+# ISO 639-3 macrolanguages whose FLORES-200 rows are individual languages (SIL's iso-639-3-macrolanguages.tab,
+# restricted to FLORES-200 members). The first member is the one FLORES-200 and NLLB use for the macrolanguage's
+# standard form (Modern Standard Arabic for `ara`, Iranian Persian for `fas`, ...).
+MACROLANGUAGE_MEMBERS = {
+    "ara": ["arb", "ary", "arz", "acm", "acq", "aeb", "ajp", "apc", "ars"],
+    "aze": ["azj", "azb"],
+    "est": ["est", "ekk"],
+    "fas": ["pes", "prs"],
+    "grn": ["gug"],
+    "kok": ["gom"],
+    "kur": ["kmr", "ckb"],
+    "lav": ["lvs", "ltg"],
+    "mon": ["khk"],
+    "msa": ["zsm", "ind", "min", "bjn"],
+    "mlg": ["plt"],
+    "nep": ["npi"],
+    "nor": ["nob", "nno"],
+    "orm": ["gaz"],
+    "ori": ["ory"],
+    "pus": ["pbt"],
+    "sqi": ["als"],
+    "swa": ["swh"],
+    "uzb": ["uzn"],
+    "yid": ["ydd"],
+    "zho": ["zho", "yue"],
+}
+# Codes that mteb's task metadata uses for a language under another name: MASSIVE's Mandarin is `cmo-Hans` /
+# `cmo-Hant` (ISO 639-3 `cmo` is Central Mnong, a slip), FLORES+ renamed Estonian `ekk`.
+CODE_ALIASES = {"cmo": "zho", "ekk": "est"}
+# The script a region implies where a language is written in more than one (BCP 47 `zh-CN`, `zh-TW`).
+REGION_SCRIPTS = {("zho", "CN"): "Hans", ("zho", "SG"): "Hans", ("zho", "TW"): "Hant", ("zho", "HK"): "Hant",
+                  ("zho", "MO"): "Hant"}
+
+
+@lru_cache(maxsize=None)
+def _iso639_1_to_3():
+    """ISO 639-1 -> ISO 639-3, from the table mteb ships (mteb.languages, itself from datasets/language-codes)."""
+    import json
+    from importlib.resources import files
+
+    return json.loads(files("mteb.languages").joinpath("iso_639_1_to_3.json").read_text(encoding="utf-8"))
+
+
+def parse_language_code(code):
+    """(ISO 639-3 language, script or None) of `fra_Latn`, `fra-Latn`, `fra`, `fr`, `fr-FR`, `zh-TW`, `cmo-Hans`."""
+    if not isinstance(code, str) or not code.strip():
+        raise ValueError(f"A language code must be a non-empty string, got {code!r}.")
+    parts = code.strip().replace("_", "-").split("-")
+    language, rest = parts[0].lower(), parts[1:]
+    if len(language) == 2:
+        if language not in _iso639_1_to_3():
+            raise ValueError(f"Unknown language code {code!r}: {language!r} is not an ISO 639-1 code.")
+        language = _iso639_1_to_3()[language]
+    elif len(language) != 3 or not language.isalpha():
+        raise ValueError(
+            f"Unknown language code {code!r}: use a FLORES code (fra_Latn), an ISO 639-1/639-3 code (fr, fra), "
+            "or mteb's form (fra-Latn)."
+        )
+    language = CODE_ALIASES.get(language, language)
+    script = None
+    for part in rest:
+        if len(part) == 4 and part.isalpha():
+            script = part.title()
+        elif (len(part) == 2 and part.isalpha()) or (len(part) == 3 and part.isdigit()):
+            script = script or REGION_SCRIPTS.get((language, part.upper()))
+        else:
+            raise ValueError(f"Unknown language code {code!r}: {part!r} is neither a script nor a region.")
+    return language, script
+
+
+def resolve_language_code(code, known=None):
+    """The FLORES code among `known` (default: the whole language table) that `code` names.
+
+    `fra-Latn`, `fra_Latn`, `fra` and `fr` all give `fra_Latn`. A macrolanguage (`ara`, `fas`, `swa`, ...) names
+    its standard member when that is known (ara -> arb_Arab), else its one known member. Returns None when no known
+    language matches; raises ValueError when several do (e.g. `zho` without a script), naming them.
+    """
+    known = list(language_table()) if known is None else list(known)
+    code = CODE_FIXES.get(code, code) if isinstance(code, str) else code
+    if code in known:
+        return code
+    language, script = parse_language_code(code)
+    members = MACROLANGUAGE_MEMBERS.get(language, [language])
+    candidates = [
+        flores for flores in known
+        if flores.split("_")[0] in {language, *members} and (script is None or flores.split("_")[-1] == script)
+    ]
+    if len(candidates) > 1:
+        for member in members:  # the standard member, in MACROLANGUAGE_MEMBERS order
+            exact = [flores for flores in candidates if flores.split("_")[0] == member]
+            if len(exact) == 1:
+                return exact[0]
+            if exact:
+                break
+        raise ValueError(
+            f"Language code {code!r} is ambiguous: it could be any of {candidates}. Name one of them (with its script)."
+        )
+    return candidates[0] if candidates else None

@@ -1,0 +1,165 @@
+"""The encoder mteb 2.x evaluates: `mteb.evaluate(mteb_encoder("org/mol"), tasks=[...])`.
+
+mteb tells `encode` the task and the subset (`hf_subset`) of every call; the subset's languages
+(`task_metadata.eval_langs[hf_subset]`, e.g. `fra-Latn`) are resolved to the model's FLORES codes through the
+language table, and every text of the call is routed by that language.
+
+Cross-lingual subsets (STS17 `en-de`): mteb's STS and pair-classification evaluators encode the first column in one
+`encode` call and then the second column in another, with the same task, split and subset, and nothing in the call
+says which column it holds (the column is renamed to `text`). So the encoder counts the calls of each (task, split,
+subset): the first is routed by the subset's first language, the second by its second language, and so on
+alternately. Every call's routing is recorded in `routing_log`, which `evaluate_mol.py` writes into its results.
+"""
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+from .encoder import SentenceEncoder
+
+
+class SubsetSkipped(ValueError):
+    """A subset whose language the model does not know (and no default language was asked for)."""
+
+
+def subset_languages(task_metadata, hf_subset):
+    """The mteb language codes (`eng-Latn`) of one subset of a task, in the subset's order."""
+    eval_langs = task_metadata.eval_langs
+    if isinstance(eval_langs, dict):
+        if hf_subset not in eval_langs:
+            raise ValueError(f"Task {task_metadata.name} has no subset {hf_subset!r}: its subsets are {list(eval_langs)}.")
+        return list(eval_langs[hf_subset])
+    return list(eval_langs)
+
+
+class MoLMTEBEncoder:
+    """mteb 2.x's encoder protocol over `SentenceEncoder`, with each subset routed by its language.
+
+    Args:
+        model_name: a MoL bundle, a Hub repo id or any transformers encoder.
+        revision: its Hub revision.
+        default_language: route subsets in languages the model does not know to this language (recorded), instead of
+            refusing them. None (the default) refuses them: `plan` lists them as skipped with the reason.
+        **options: `SentenceEncoder`'s (device, dtype, batch_size, max_length, show_progress_bar).
+    """
+
+    def __init__(self, model_name, revision=None, *, device=None, default_language=None, **options):
+        self.encoder = SentenceEncoder(model_name, revision=revision, device=device, **options)
+        self.default_language = None
+        if default_language is not None:
+            if not self.encoder.routes:
+                raise ValueError(f"default_language={default_language!r}: {model_name!r} does not route by language.")
+            self.default_language = self.encoder.languages[self.encoder.language_index(default_language)]
+        self.mteb_model_meta = model_meta(self.encoder)
+        self.routing_log = []
+        self._calls = Counter()
+
+    # -- routing ------------------------------------------------------------------------------------------------
+    def route_subset(self, task_metadata, hf_subset):
+        """The FLORES code of each language of a subset (None for an encoder that needs no routing), or
+        SubsetSkipped naming the languages the model lacks."""
+        from mol_toolkit.languages import resolve_language_code
+
+        codes = subset_languages(task_metadata, hf_subset)
+        if not self.encoder.routes:
+            return [None] * len(codes)
+        routed = [resolve_language_code(code, self.encoder.languages) for code in codes]
+        unknown = [code for code, flores in zip(codes, routed) if flores is None]
+        if unknown and self.default_language is None:
+            raise SubsetSkipped(
+                f"{task_metadata.name} subset {hf_subset!r} is in {unknown}, which the model does not know "
+                f"(its languages: {self.encoder.languages}); pass a default language to route it there."
+            )
+        return [flores or self.default_language for flores in routed]
+
+    def plan(self, task):
+        """(subsets to evaluate with their routing, {skipped subset: reason}) of an mteb task."""
+        kept, skipped = {}, {}
+        for hf_subset in task.hf_subsets:
+            try:
+                kept[hf_subset] = self.route_subset(task.metadata, hf_subset)
+            except SubsetSkipped as reason:
+                skipped[hf_subset] = str(reason)
+        return kept, skipped
+
+    # -- mteb's encoder protocol --------------------------------------------------------------------------------
+    def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
+        texts = [text for batch in inputs for text in batch["text"]]
+        routes = self.route_subset(task_metadata, hf_subset)
+        key = (task_metadata.name, hf_split, hf_subset)
+        side = self._calls[key] % len(routes) if len(set(routes)) > 1 else 0
+        self._calls[key] += 1
+        codes = subset_languages(task_metadata, hf_subset)
+        self.routing_log.append({
+            "task": task_metadata.name, "split": hf_split, "subset": hf_subset, "call": self._calls[key],
+            "side": side, "subset_language": codes[side], "routed_to": routes[side], "texts": len(texts),
+            "default_language_used": routes[side] is not None and routes[side] == self.default_language,
+        })
+        return self.encoder.encode(texts, routes[side])
+
+    def similarity(self, embeddings1, embeddings2):
+        from mteb.similarity_functions import cos_sim
+
+        return cos_sim(embeddings1, embeddings2)
+
+    def similarity_pairwise(self, embeddings1, embeddings2):
+        from mteb.similarity_functions import pairwise_cos_sim
+
+        return pairwise_cos_sim(embeddings1, embeddings2)
+
+
+def model_revision(encoder):
+    """The Hub commit of a Hub model; for a local folder, a digest of its config and weight files (name, size,
+    modification time), so a retrained bundle in the same folder is a new revision."""
+    if encoder.revision:
+        return encoder.revision
+    commit = getattr(encoder.config, "_commit_hash", None)
+    if commit:
+        return commit
+    folder = Path(encoder.name).expanduser()
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.suffix in (".json", ".safetensors", ".bin"):
+            stat = path.stat()
+            digest.update(json.dumps([path.name, stat.st_size, stat.st_mtime_ns]).encode())
+    return digest.hexdigest()[:16]
+
+
+def model_label(name):
+    """mteb's model name: the Hub id, or `local/<folder>` for a folder."""
+    path = Path(name).expanduser()
+    if path.exists():
+        resolved = path.resolve()
+        return f"local/{resolved.parent.name}-{resolved.name}" if resolved.name == "model" else f"local/{resolved.name}"
+    return name
+
+
+def model_meta(encoder):
+    from mteb.models.model_meta import ModelMeta, ScoringFunction
+
+    config = encoder.config
+    languages = None
+    if encoder.languages:
+        languages = [code.replace("_", "-") for code in encoder.languages]
+    return ModelMeta.create_empty({
+        "name": model_label(encoder.name),
+        "revision": model_revision(encoder),
+        "languages": languages,
+        "max_tokens": encoder.max_length,
+        "embed_dim": config.hidden_size,
+        "framework": ["PyTorch"],
+        "similarity_fn_name": ScoringFunction.COSINE,
+        "use_instructions": False,
+        "open_weights": True,
+        "reference": None,
+        "experiment_kwargs": {"pooling": "mean", "max_length": encoder.max_length,
+                              "dtype": str(encoder.dtype).removeprefix("torch.")},
+    })
+
+
+def mteb_encoder(model_name_or_path, **options):
+    """An encoder that `mteb.evaluate(encoder, tasks=[...])` accepts: mean-pooled last-layer outputs, each subset
+    routed by its language. Options: revision, device, dtype, batch_size, max_length, default_language,
+    show_progress_bar."""
+    return MoLMTEBEncoder(model_name_or_path, **options)
