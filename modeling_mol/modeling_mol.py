@@ -11,6 +11,7 @@ into every exported checkpoint as remote code: they import each other only as `f
 """
 
 import inspect
+import json
 import os
 import re
 import shutil
@@ -346,6 +347,7 @@ class MoLPreTrainedModel(PreTrainedModel):
                     shutil.copyfile(source, target)
             if tokenizer is not None:
                 tokenizer.save_pretrained(save_directory)
+            write_sentence_transformers_config(save_directory, self.config)
 
     def push_to_hub(self, repo_id, *args, tokenizer=None, **kwargs):
         """Upload the bundle of `save_pretrained` (and the tokenizer when one is given) to the Hub repo `repo_id`."""
@@ -378,6 +380,42 @@ class MoLPreTrainedModel(PreTrainedModel):
             logger.warning(f"from_xlm_roberta: newly initialised {missing}; not used {unexpected}.")
         model.tie_weights()
         return model.to(next(xlmr_model.parameters()).dtype)
+
+
+def sentence_transformers_module():
+    """sentence-transformers' input module for this bundle. Only sentence-transformers' loader imports it; the import
+    is named here so that transformers copies `mol_sentence_transformers.py` with the rest of the remote code."""
+    from .mol_sentence_transformers import MoLSentenceTransformer
+
+    return MoLSentenceTransformer
+
+
+def write_sentence_transformers_config(folder, config):
+    """What `SentenceTransformer(folder, trust_remote_code=True)` reads: MoL's input module (which routes each text
+    by its language), then mean pooling over real tokens (the papers' sentence representation)."""
+    limit = config.max_position_embeddings - config.pad_token_id - 1  # XLM-R positions start at pad_token_id + 1
+    files = {
+        "modules.json": [
+            {"idx": 0, "name": "0", "path": "", "type": "mol_sentence_transformers.MoLSentenceTransformer",
+             "kwargs": ["languages"]},
+            {"idx": 1, "name": "1", "path": "1_Pooling",
+             "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling"},
+        ],
+        "sentence_bert_config.json": {
+            "max_seq_length": min(limit, 512), "transformer_task": "feature-extraction",
+            "modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+            "module_output_name": "token_embeddings",
+        },
+        "1_Pooling/config.json": {"embedding_dimension": config.hidden_size, "pooling_mode": "mean",
+                                  "include_prompt": True},
+        "config_sentence_transformers.json": {"model_type": "SentenceTransformer", "similarity_fn_name": "cosine",
+                                              "prompts": {}, "default_prompt_name": None},
+    }
+    for name, value in files.items():
+        path = os.path.join(folder, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(value, handle, indent=2)
 
 
 def remote_code_files():
