@@ -189,12 +189,9 @@ def resolve_language_code(code, known=None):
         if flores.split("_")[0] in {language, *members} and (script is None or flores.split("_")[-1] == script)
     ]
     if len(candidates) > 1:
-        for member in members:  # the standard member, in MACROLANGUAGE_MEMBERS order
-            exact = [flores for flores in candidates if flores.split("_")[0] == member]
-            if len(exact) == 1:
-                return exact[0]
-            if exact:
-                break
+        standard = [flores for flores in candidates if flores.split("_")[0] == members[0]]
+        if len(standard) == 1:
+            return standard[0]
         raise ValueError(
             f"Language code {code!r} is ambiguous: it could be any of {candidates}. Name one of them (with its script)."
         )

@@ -83,6 +83,15 @@ class HubState:
         return commit
 
 
+    def pin_revision(self, kind, repo_id, sha):
+        """Give the head commit of `repo_id`'s main branch the id `sha` as well: clients that ask for a pinned
+        revision (mteb pins every task's dataset commit) find the uploaded files there. The real Hub's history
+        cannot be recreated, only the commit a client asks for."""
+        repo = self.repos[(kind, repo_id)]
+        head = repo.commits[repo.branches["main"]]
+        repo.commits[sha] = Commit(sha=sha, files=dict(head.files), message=head.message, parent=head.parent)
+
+
 class HubApp:
     def __init__(self, state):
         self.state = state
