@@ -342,7 +342,8 @@ def push_massive_intent(hub):
     from datasets import Dataset, DatasetDict
 
     articles = udhr_articles()
-    subsets = {"en": "eng_Latn", "de": "deu_Latn", "fr": "fra_Latn", "ru": "rus_Cyrl", "ja": "jpn_Jpan"}
+    subsets = {"en": "eng_Latn", "de": "deu_Latn", "fr": "fra_Latn", "es": "spa_Latn", "ru": "rus_Cyrl",
+               "ar": "arb_Arab", "ja": "jpn_Jpan"}
     columns = ("id", "lang", "text", "label", "label_text")
     splits = {split: {column: [] for column in columns} for split in ("train", "validation", "test")}
     for subset, code in subsets.items():
@@ -374,7 +375,8 @@ def test_evaluate_mol_command_on_the_tiny_udhr_model(tmp_path, hub):
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     [model] = summary["models"].values()
     assert {row["subset"]: row["routed_to"] for row in model["scores"]} == {
-        "en": ["eng_Latn"], "de": ["deu_Latn"], "fr": ["fra_Latn"], "ru": ["rus_Cyrl"]}
+        "en": ["eng_Latn"], "de": ["deu_Latn"], "fr": ["fra_Latn"], "es": ["spa_Latn"], "ru": ["rus_Cyrl"],
+        "ar": ["arb_Arab"]}  # mteb's `ar` is ara-Arab, the macrolanguage: its standard member is arb_Arab
     assert set(model["skipped"]["MassiveIntentClassification"]) >= {"ja", "zh-CN"}
     assert 0 <= model["families"]["classification"] <= 100
     assert any(path.endswith(f"/resolve/{MASSIVE_REVISION}/data/test-00000-of-00001.parquet")
