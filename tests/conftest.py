@@ -63,15 +63,19 @@ def tiny_config():
     return MoLConfig(**tiny_config_kwargs())
 
 
-@pytest.fixture(scope="session")
-def udhr_texts():
-    """language code -> list of article texts, from the shipped UDHR sample."""
+def read_udhr():
+    """language code -> list of article texts (every split, in article order), from the shipped UDHR sample."""
     texts = {}
     with open(UDHR, encoding="utf-8") as handle:
         for line in handle:
             row = json.loads(line)
             texts.setdefault(row["lang"], []).append(row["text"])
     return texts
+
+
+@pytest.fixture(scope="session")
+def udhr_texts():
+    return read_udhr()
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,7 @@
 real mteb task classes (AbsTaskClassification, AbsTaskPairClassification, AbsTaskSTS) whose `load_data` fills
 `self.dataset` from data/udhr instead of the Hub."""
 
-import json
-from pathlib import Path
-
+from conftest import read_udhr
 from datasets import Dataset
 from mteb.abstasks.classification import AbsTaskClassification
 from mteb.abstasks.pair_classification import AbsTaskPairClassification
@@ -12,18 +10,8 @@ from mteb.abstasks.sts import AbsTaskSTS
 from mteb.abstasks.task_metadata import TaskMetadata
 
 
-UDHR = Path(__file__).resolve().parent.parent / "data" / "udhr" / "udhr46_articles.jsonl"
 FLORES_OF = {"en": "eng_Latn", "fr": "fra_Latn", "de": "deu_Latn", "ru": "rus_Cyrl", "ja": "jpn_Jpan"}
-
-
-def udhr_articles():
-    """FLORES code -> the article texts of every split, in article order."""
-    texts = {}
-    with open(UDHR, encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            texts.setdefault(row["lang"], []).append(row["text"])
-    return texts
+udhr_articles = read_udhr
 
 
 def metadata(name, task_type, eval_langs, main_score):

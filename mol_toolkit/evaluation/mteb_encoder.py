@@ -90,13 +90,18 @@ class MoLMTEBEncoder:
         key = (task_metadata.name, hf_split, hf_subset)
         side = self._calls[key] % len(routes) if len(set(routes)) > 1 else 0
         self._calls[key] += 1
-        codes = subset_languages(task_metadata, hf_subset)
+        code = subset_languages(task_metadata, hf_subset)[side]
         self.routing_log.append({
             "task": task_metadata.name, "split": hf_split, "subset": hf_subset, "call": self._calls[key],
-            "side": side, "subset_language": codes[side], "routed_to": routes[side], "texts": len(texts),
-            "default_language_used": routes[side] is not None and routes[side] == self.default_language,
+            "side": side, "subset_language": code, "routed_to": routes[side], "texts": len(texts),
+            "default_language_used": self.encoder.routes and not self._knows(code),
         })
         return self.encoder.encode(texts, routes[side])
+
+    def _knows(self, code):
+        from mol_toolkit.languages import resolve_language_code
+
+        return resolve_language_code(code, self.encoder.languages) is not None
 
     def similarity(self, embeddings1, embeddings2):
         from mteb.similarity_functions import cos_sim
