@@ -121,7 +121,7 @@ def main():
     }
     print(f"{args.sentences} FLORES-like sentences (mean {result['mean_tokens']:.1f} tokens, max "
           f"{result['max_tokens']}), size {args.size}, {args.device}, {args.threads} thread(s), batch {args.batch_size}")
-    print(f"| encoder | sentences/s |\n|---|---|")
+    print("| encoder | sentences/s |\n|---|---|")
     print(f"| mteb_encoder, MoL (stacked, 3 groups) | {result['mol_sentences_per_s']:.1f} |")
     print(f"| sentence-transformers, XLM-R mean pooling | {result['st_xlmr_sentences_per_s']:.1f} |")
     print(f"speedup: {result['speedup']:.2f}x (goal: at least 1.5x)")

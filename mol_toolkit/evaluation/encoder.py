@@ -14,10 +14,6 @@ import numpy as np
 import torch
 
 
-# Tokenizers that "know no limit" report a huge model_max_length; the position table is the real bound.
-_NO_LIMIT = 1_000_000
-
-
 class EncoderLoadError(ValueError):
     """The model or its tokenizer cannot be loaded (a missing folder, an unknown Hub repo)."""
 
@@ -37,29 +33,22 @@ def check_model_source(name):
         raise EncoderLoadError(f"Model path {name!r} does not exist (and is not a Hub repo id of the form org/name).")
 
 
-def position_limit(config, model=None):
-    """The longest input (special tokens included) the model's position table allows.
+# Models whose embeddings number positions from padding_idx + 1 (XLM-R's scheme).
+OFFSET_POSITIONS = ("mol", "xlm-roberta", "roberta", "camembert")
 
-    XLM-R-style embeddings (XLM-R, MoL) number positions from padding_idx + 1, so they lose padding_idx + 1 rows of
-    max_position_embeddings (514 -> 512); BERT-style embeddings use every row.
-    """
+
+def position_limit(config):
+    """The longest input (special tokens included) the model's position table allows: XLM-R-style embeddings lose
+    pad_token_id + 1 rows of max_position_embeddings (514 -> 512), BERT-style ones use every row."""
     limit = getattr(config, "max_position_embeddings", None)
-    if limit is None:
-        return None
-    embeddings = getattr(model, "embeddings", None)
-    padding_idx = getattr(embeddings, "padding_idx", None)
-    if padding_idx is None and getattr(config, "model_type", "") in ("mol", "xlm-roberta", "roberta", "camembert"):
-        padding_idx = config.pad_token_id
-    return limit - (padding_idx + 1) if padding_idx is not None else limit
+    if limit is not None and getattr(config, "model_type", None) in OFFSET_POSITIONS:
+        return limit - config.pad_token_id - 1
+    return limit
 
 
 def routes_by_language(config):
     """A MoL model with group-specific blocks needs each text's language; a dense MoL and other encoders do not."""
-    return (
-        getattr(config, "model_type", None) == "mol"
-        and bool(getattr(config, "group_layers", None))
-        and len(getattr(config, "language_groups", None) or {}) > 1
-    )
+    return getattr(config, "model_type", None) == "mol" and bool(config.group_layers) and config.num_groups > 1
 
 
 class SentenceEncoder:

@@ -144,9 +144,7 @@ def model_meta(encoder):
     from mteb.models.model_meta import ModelMeta, ScoringFunction
 
     config = encoder.config
-    languages = None
-    if encoder.languages:
-        languages = [code.replace("_", "-") for code in encoder.languages]
+    languages = [code.replace("_", "-") for code in encoder.languages] if encoder.languages else None
     return ModelMeta.create_empty({
         "name": model_label(encoder.name),
         "revision": model_revision(encoder),

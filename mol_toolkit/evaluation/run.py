@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .aggregate import aggregate, language_key
 from .mteb_encoder import MoLMTEBEncoder, subset_languages
-from .tasks import PRESETS, evaluation_split, no_language_error, plan_task, resolve_tasks, task_family
+from .tasks import PRESETS, evaluation_split, plan_task, resolve_tasks, task_family
 
 
 SETTINGS_FILE = "evaluation.json"
@@ -102,9 +102,7 @@ def plan_models(models, tasks, output_dir, languages=None, default_language=None
         requested = resolve_requested_languages(languages, encoder)
         plans = []
         for task in tasks:
-            if task.metadata.name in explicit and not encoder.plan(task)[0]:
-                raise no_language_error(task, encoder)
-            plans.append(plan_task(task, encoder, requested))
+            plans.append(plan_task(task, encoder, requested, required=task.metadata.name in explicit))
         if not any(plan.routes for plan in plans):
             raise ValueError(
                 f"None of the tasks {[p.name for p in plans]} has a subset that {name!r} can be evaluated on "

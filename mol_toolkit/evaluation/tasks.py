@@ -82,14 +82,17 @@ class TaskPlan:
         return self.task.metadata.name
 
 
-def plan_task(task, encoder, languages=None):
+def plan_task(task, encoder, languages=None, required=False):
     """Restrict `task` to the subsets `encoder` can route (and, when given, to subsets whose every language is in
-    `languages`, FLORES codes). Returns a TaskPlan whose task evaluates only the kept subsets."""
+    `languages`, FLORES codes). Returns a TaskPlan whose task evaluates only the kept subsets; `required`: a task
+    with no subset the model knows is an error rather than a plan that skips it."""
     from mol_toolkit.languages import resolve_language_code
 
     from .mteb_encoder import subset_languages
 
     routes, skipped = encoder.plan(task)
+    if required and not routes:
+        raise no_language_error(task, encoder)
     if languages is not None:
         for subset in list(routes):
             codes = subset_languages(task.metadata, subset)
