@@ -16,6 +16,9 @@ MOL_AUTO_MAP = {
     "AutoModel": "modeling_mol.MoLModel",
     "AutoModelForMaskedLM": "modeling_mol.MoLForMaskedLM",
     "AutoModelForSequenceClassification": "modeling_mol.MoLForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_mol.MoLForTokenClassification",
+    "AutoModelForQuestionAnswering": "modeling_mol.MoLForQuestionAnswering",
+    "AutoModelForMultipleChoice": "modeling_mol.MoLForMultipleChoice",
 }
 
 GROUP_LAYOUTS = ("stacked", "interleaved", "lid", "dense", "all")
@@ -48,6 +51,11 @@ def resolve_group_layers(layout, num_hidden_layers):
         return sorted(layers)
     if not isinstance(layout, str):
         raise ValueError(f"group_layers must be a list of block indices or a layout name, got {layout!r}.")
+    if n == 0 and layout != "dense":
+        raise ValueError(
+            f"group_layers={layout!r} names a layout but num_hidden_layers=0: a model without blocks has no "
+            "group-specific blocks; use group_layers='dense' or give num_hidden_layers >= 1."
+        )
     if layout == "dense":
         return []
     if layout == "all":
@@ -74,6 +82,33 @@ def resolve_group_layers(layout, num_hidden_layers):
     )
 
 
+def _check_languages(languages, language_groups):
+    """A list of codes and a dict of lists of codes; a bare string is the common slip (a list of its characters)."""
+    if languages is not None and (
+        isinstance(languages, str) or not isinstance(languages, (list, tuple)) or
+        not all(isinstance(code, str) for code in languages)
+    ):
+        raise ValueError(
+            f"languages must be a list of language codes such as ['eng_Latn', 'deu_Latn'], got {languages!r}."
+        )
+    if language_groups is not None and (
+        not isinstance(language_groups, dict) or
+        not all(isinstance(codes, (list, tuple)) and all(isinstance(c, str) for c in codes)
+                for codes in language_groups.values())
+    ):
+        raise ValueError(
+            f"language_groups must map group names to lists of codes, e.g. {{'germanic': ['eng_Latn', 'deu_Latn']}}; "
+            f"got {language_groups!r}."
+        )
+
+
+def _check_sizes(**sizes):
+    for name, value in sizes.items():
+        low = 0 if name == "num_hidden_layers" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+
+
 class MoLConfig(PretrainedConfig):
     r"""Configuration of a MoL encoder: an XLM-R encoder in which some blocks hold one weight copy per language group.
 
@@ -96,6 +131,9 @@ class MoLConfig(PretrainedConfig):
             Never written to config.json: trust is the loading user's decision
             (`from_pretrained(..., grouped_gemm_kernel_trust_remote_code=True)`), not the checkpoint's.
         classifier_pooling (`str`): `cls` (XLM-R's first-token head) or `mean` for sequence classification.
+        sparse_prediction (`bool`): with `labels`, run the MLM head on the masked positions only and return logits
+            of shape (masked tokens, vocab) (ModernBERT's option; `train_mlm.py` turns it on for speed). Off (the
+            default), logits are (batch, seq_len, vocab) like every transformers MLM; the loss is the same.
     """
 
     model_type = "mol"
@@ -120,6 +158,7 @@ class MoLConfig(PretrainedConfig):
         tie_word_embeddings=True,
         classifier_dropout=None,
         classifier_pooling="cls",
+        sparse_prediction=False,
         languages=None,
         language_groups=None,
         group_layers="dense",
@@ -153,6 +192,11 @@ class MoLConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.classifier_dropout = classifier_dropout
         self.classifier_pooling = classifier_pooling
+        self.sparse_prediction = sparse_prediction
+        _check_languages(languages, language_groups)
+        _check_sizes(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                     num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
+                     max_position_embeddings=max_position_embeddings, type_vocab_size=type_vocab_size)
         self.languages = list(languages or [])
         # Weight copies follow the sorted group names: config.json is written with sorted keys, so no other order
         # would survive a save and load.
@@ -205,6 +249,13 @@ class MoLConfig(PretrainedConfig):
         if not isinstance(trust, bool) and not (isinstance(trust, list) and all(isinstance(t, str) for t in trust)):
             raise ValueError(
                 f"grouped_gemm_kernel_trust_remote_code must be True, False or a list of kernel repo ids; got {trust!r}."
+            )
+        if not isinstance(self.sparse_prediction, bool):
+            raise ValueError(f"sparse_prediction must be True or False, got {self.sparse_prediction!r}.")
+        if self.pad_token_id is not None and self.max_position_embeddings <= self.pad_token_id + 1:
+            raise ValueError(
+                f"max_position_embeddings={self.max_position_embeddings} leaves no position for a token: XLM-R's "
+                f"positions start at pad_token_id + 1 = {self.pad_token_id + 1}."
             )
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:
             raise ValueError(

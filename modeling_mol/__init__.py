@@ -2,11 +2,23 @@
 
 from .modeling_mol import (
     MoLForMaskedLM,
+    MoLForMultipleChoice,
+    MoLForQuestionAnswering,
     MoLForSequenceClassification,
+    MoLForTokenClassification,
     MoLModel,
     MoLPackedBatch,
     MoLPreTrainedModel,
 )
 
 
-__all__ = ["MoLForMaskedLM", "MoLForSequenceClassification", "MoLModel", "MoLPackedBatch", "MoLPreTrainedModel"]
+__all__ = [
+    "MoLForMaskedLM",
+    "MoLForMultipleChoice",
+    "MoLForQuestionAnswering",
+    "MoLForSequenceClassification",
+    "MoLForTokenClassification",
+    "MoLModel",
+    "MoLPackedBatch",
+    "MoLPreTrainedModel",
+]

@@ -21,18 +21,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers import initialization as init
 from transformers.activations import ACT2FN, gelu
 from transformers.dynamic_module_utils import get_relative_imports
+from transformers.loss.loss_utils import fixed_cross_entropy
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
+    TokenClassifierOutput,
 )
 from transformers.utils import logging
 
-from .mol_attention import choose_attention
+from .mol_attention import choose_attention, compilable_attention, eager_attention, pad_rows
 from .mol_grouped_gemm import MoLGroupedGemm
 
 
@@ -47,53 +53,107 @@ logger = logging.get_logger(__name__)
 
 @dataclass
 class MoLPackedBatch:
-    """Where the real tokens of a padded batch went once packed and ordered by group.
+    """Where the tokens of a padded batch went once packed and ordered by group.
 
-    token_index: (tokens,) flat positions in the (batch * seq_len) padded grid, in packed order.
-    seq_lengths / cu_seqlens / max_seqlen: the non-empty sentences in packed order (host list, int32 device, int).
-    pad_index: (tokens,) positions in a (sentences, max_seqlen) grid, for attention backends that re-pad.
+    Two layouts, one interface:
+    - packed (eager): only real tokens, ordered by group; `seq_lengths` (host list) and `group_tokens` (host list)
+      come from the forward pass's one host synchronisation, which also carries the input range checks;
+    - static (inside torch.compile / torch.export): every position of every sentence, sentences ordered by group;
+      no host synchronisation, shapes fixed by the input's shape, padding rows masked out of attention and zeroed.
+
+    token_index: (rows,) flat positions in the (batch * seq_len) padded grid, in row order.
+    seq_lengths: host list of the rows of each sentence slot (packed only; None when static).
+    cu_seqlens / max_seqlen: sentence slot boundaries (int32 device) and the widest slot (int).
+    pad_index: (rows,) positions in a (sentences, max_seqlen) grid, for attention backends that re-pad.
+    sentence_index: (sentences,) the batch index of every sentence slot.
     group_offsets: (groups,) int32 cumulative row ends of each group; all_rows: (1,) the one-group case.
-    row_group: (tokens,) the group of every row.
+    row_group: (rows,) the group of every row; real_rows: (rows,) bool, None when every row is a real token.
+    present_groups / present_offsets: the groups that have rows and their offsets (packed only; None when static).
     """
 
     token_index: torch.Tensor
-    seq_lengths: list
+    seq_lengths: list | None
     cu_seqlens: torch.Tensor
     max_seqlen: int
     pad_index: torch.Tensor
+    sentence_index: torch.Tensor
     group_offsets: torch.Tensor
     all_rows: torch.Tensor
     row_group: torch.Tensor
+    real_rows: torch.Tensor | None
+    present_groups: torch.Tensor | None
+    present_offsets: torch.Tensor | None
     batch_size: int
     seq_len: int
 
     @classmethod
-    def from_mask(cls, attention_mask, sentence_group, num_groups):
+    def from_mask(cls, attention_mask, sentence_group, num_groups, host_values=None):
+        """Pack a batch. `host_values`: a 1-D int64 tensor fetched to the host in the same synchronisation (the
+        range checks); returns (batch, those values as a list)."""
+        if torch.compiler.is_compiling():
+            return cls._static(attention_mask, sentence_group, num_groups), None
         batch_size, seq_len = attention_mask.shape
         device = attention_mask.device
         # A stable sort keeps sentences of one group in batch order: an already sorted batch stays as it is.
         order = torch.sort(sentence_group, stable=True).indices
         real = attention_mask[order].bool()
+        lengths = real.sum(dim=1)
+        group_tokens = torch.zeros(num_groups, dtype=torch.long, device=device).index_add_(0, sentence_group[order], lengths)
+        extra = host_values if host_values is not None else lengths.new_zeros(0)
+        fetched = torch.cat([lengths, group_tokens, extra.to(device=device, dtype=torch.long)]).tolist()  # the one sync
+        slot_lengths, group_sizes = fetched[:batch_size], fetched[batch_size : batch_size + num_groups]
+        seq_lengths = [length for length in slot_lengths if length > 0]
+        num_tokens = sum(seq_lengths)
         positions = order[:, None] * seq_len + torch.arange(seq_len, device=device)
         token_index = positions.masked_select(real)
-        lengths = real.sum(dim=1)
-        seq_lengths = [length for length in lengths.tolist() if length > 0]
-        num_tokens = sum(seq_lengths)
         nonempty = torch.tensor(seq_lengths, device=device, dtype=torch.long)
         starts = torch.cumsum(nonempty, 0) - nonempty
         max_seqlen = max(seq_lengths, default=0)
         row_in_sentence = torch.arange(num_tokens, device=device) - torch.repeat_interleave(starts, nonempty)
         sentence_slot = torch.repeat_interleave(torch.arange(len(seq_lengths), device=device), nonempty)
-        group_tokens = torch.zeros(num_groups, dtype=torch.long, device=device).index_add_(0, sentence_group[order], lengths)
-        return cls(
+        slots = torch.tensor([i for i, length in enumerate(slot_lengths) if length > 0], dtype=torch.long, device=device)
+        group_offsets = torch.cumsum(group_tokens, 0).to(torch.int32)
+        present = [g for g, size in enumerate(group_sizes) if size > 0]
+        present_groups = torch.tensor(present, dtype=torch.long, device=device)
+        batch = cls(
             token_index=token_index,
             seq_lengths=seq_lengths,
             cu_seqlens=F.pad(torch.cumsum(nonempty, 0), (1, 0)).to(torch.int32),
             max_seqlen=max_seqlen,
             pad_index=sentence_slot * max_seqlen + row_in_sentence,
-            group_offsets=torch.cumsum(group_tokens, 0).to(torch.int32),
+            sentence_index=order[slots],
+            group_offsets=group_offsets,
             all_rows=torch.tensor([num_tokens], dtype=torch.int32, device=device),
             row_group=torch.repeat_interleave(sentence_group[order], lengths, output_size=num_tokens),
+            real_rows=None,
+            present_groups=present_groups,
+            present_offsets=group_offsets[present_groups],
+            batch_size=batch_size,
+            seq_len=seq_len,
+        )
+        return batch, fetched[batch_size + num_groups :]
+
+    @classmethod
+    def _static(cls, attention_mask, sentence_group, num_groups):
+        batch_size, seq_len = attention_mask.shape
+        device = attention_mask.device
+        order = torch.sort(sentence_group, stable=True).indices
+        rows = batch_size * seq_len
+        width = torch.full((batch_size,), seq_len, dtype=torch.long, device=device)
+        group_rows = torch.zeros(num_groups, dtype=torch.long, device=device).index_add_(0, sentence_group, width)
+        return cls(
+            token_index=(order[:, None] * seq_len + torch.arange(seq_len, device=device)).reshape(-1),
+            seq_lengths=None,
+            cu_seqlens=(torch.arange(batch_size + 1, device=device) * seq_len).to(torch.int32),
+            max_seqlen=seq_len,
+            pad_index=torch.arange(rows, device=device),
+            sentence_index=order,
+            group_offsets=torch.cumsum(group_rows, 0).to(torch.int32),
+            all_rows=torch.tensor([rows], dtype=torch.int32, device=device),
+            row_group=sentence_group[order][:, None].expand(batch_size, seq_len).reshape(-1),
+            real_rows=attention_mask[order].bool().reshape(-1),
+            present_groups=None,
+            present_offsets=None,
             batch_size=batch_size,
             seq_len=seq_len,
         )
@@ -102,15 +162,46 @@ class MoLPackedBatch:
     def num_tokens(self):
         return self.token_index.shape[0]
 
+    @property
+    def num_sentences(self):
+        return self.cu_seqlens.shape[0] - 1
+
+    def key_mask(self):
+        """(sentences, max_seqlen) bool: True at the real tokens of every sentence slot."""
+        if self.real_rows is not None:
+            return self.real_rows.view(self.num_sentences, self.max_seqlen)
+        real = torch.zeros(self.num_sentences * self.max_seqlen, dtype=torch.bool, device=self.pad_index.device)
+        return real.index_fill(0, self.pad_index, True).view(self.num_sentences, self.max_seqlen)
+
     def pack(self, padded):
-        """(batch, seq_len, ...) -> (tokens, ...) in packed order."""
+        """(batch, seq_len, ...) -> (rows, ...) in row order."""
         return padded.reshape(self.batch_size * self.seq_len, *padded.shape[2:])[self.token_index]
 
     def unpack(self, rows, fill=0):
-        """(tokens, ...) -> (batch, seq_len, ...) in the batch's order, `fill` at padding."""
+        """(rows, ...) -> (batch, seq_len, ...) in the batch's order, `fill` at padding."""
+        if self.real_rows is not None:
+            rows = rows.masked_fill(~self.real_rows.view(-1, *[1] * (rows.dim() - 1)), fill)
         padded = rows.new_full((self.batch_size * self.seq_len, *rows.shape[1:]), fill)
         padded = padded.index_copy(0, self.token_index, rows)
         return padded.view(self.batch_size, self.seq_len, *rows.shape[1:])
+
+    def unpack_attention(self, probs):
+        """(sentences, heads, max_seqlen, max_seqlen) per-slot probabilities -> (batch, heads, seq_len, seq_len) in the
+        batch's order, zeros at padding queries and keys."""
+        heads, width, seq_len = probs.shape[1], self.max_seqlen, self.seq_len
+        # Each grid column's position in its sentence; padding columns go to a spare position seq_len, dropped below.
+        column_position = torch.full((self.num_sentences * width,), seq_len, dtype=torch.long, device=probs.device)
+        column_position = column_position.index_copy(0, self.pad_index, self.token_index % seq_len)
+        column_position = column_position.view(self.num_sentences, 1, width)
+        if self.real_rows is not None:  # static layout: padding rows of a sentence are padding too
+            real = self.key_mask()
+            column_position = column_position.masked_fill(~real[:, None, :], seq_len)
+        wide = probs.new_zeros(self.num_sentences, heads, width, seq_len + 1)
+        wide = wide.scatter(3, column_position[:, :, None, :].expand(-1, heads, width, -1), probs)
+        full = probs.new_zeros(self.num_sentences, heads, seq_len + 1, seq_len + 1)
+        full = full.scatter(2, column_position[..., None].expand(-1, heads, -1, seq_len + 1), wide)
+        out = probs.new_zeros(self.batch_size, heads, seq_len, seq_len)
+        return out.index_copy(0, self.sentence_index, full[:, :, :seq_len, :seq_len])
 
 
 class MoLEmbeddings(nn.Module):
@@ -144,7 +235,10 @@ class MoLEmbeddings(nn.Module):
 
 
 class MoLGroupedLinear(nn.Module):
-    """A Linear with one (in, out) weight and (out,) bias per group: weight (groups, in, out), bias (groups, out)."""
+    """A Linear with one (in, out) weight and (out,) bias per group: weight (groups, in, out), bias (groups, out).
+
+    Under autocast it computes in the autocast dtype (grouped_mm and the Hub kernel take one dtype for all operands)
+    and casts only the copies of the groups that have rows in the batch, never all G copies for a few groups."""
 
     def __init__(self, config, in_features, out_features, num_groups, grouped_gemm):
         super().__init__()
@@ -154,9 +248,18 @@ class MoLGroupedLinear(nn.Module):
         self.grouped_gemm = grouped_gemm
 
     def forward(self, rows, batch):
+        weight, bias, offsets = self.weight, self.bias, batch.group_offsets
+        device_type = rows.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            rows = rows.to(dtype)
+            if self.num_groups > 1 and batch.present_groups is not None:
+                weight, bias = weight.index_select(0, batch.present_groups), bias.index_select(0, batch.present_groups)
+                offsets = batch.present_offsets
+            weight, bias = weight.to(dtype), bias.to(dtype)
         if self.num_groups == 1:
-            return torch.addmm(self.bias[0], rows, self.weight[0])
-        return self.grouped_gemm(rows, self.weight, self.bias, batch.group_offsets)
+            return torch.addmm(bias[0], rows, weight[0])
+        return self.grouped_gemm(rows, weight, bias, offsets)
 
     def extra_repr(self):
         return f"groups={self.num_groups}, in_features={self.in_features}, out_features={self.out_features}"
@@ -179,6 +282,24 @@ class MoLGroupedLayerNorm(nn.Module):
         return torch.addcmul(self.bias[batch.row_group], normed, self.weight[batch.row_group])
 
 
+# MoL's own attention over packed sentences, under transformers' implementation names. Any other name registered in
+# transformers' `AttentionInterface` (flex_attention, a user's function) runs on the re-padded sentences with
+# the mask transformers builds for it (`mol_padded_attention`).
+MOL_PACKED_ATTENTION = ("eager", "sdpa", "flash_attention_2")
+
+
+def mol_padded_attention(module, attention_function, q, k, v, batch, dropout_p):
+    """Call a transformers attention function (module, query, key, value, attention_mask, ...) on the batch's
+    sentences re-padded to (sentences, heads, max_seqlen, head_dim); returns packed rows and its weights."""
+    query, key, value = (pad_rows(t, batch) for t in (q, k, v))
+    placeholder = query.new_empty(batch.num_sentences, batch.max_seqlen, 0)
+    mask = create_bidirectional_mask(config=module.config, inputs_embeds=placeholder, attention_mask=batch.key_mask())
+    context, weights = attention_function(
+        module, query, key, value, mask, dropout=dropout_p, scaling=module.head_dim**-0.5, is_causal=False
+    )
+    return context.flatten(0, 1)[batch.pad_index], weights
+
+
 class MoLAttention(nn.Module):
     """XLM-R self-attention (post-LN) over packed variable-length sentences."""
 
@@ -187,6 +308,8 @@ class MoLAttention(nn.Module):
         hidden = config.hidden_size
         self.num_heads = config.num_attention_heads
         self.head_dim = hidden // config.num_attention_heads
+        self.num_key_value_groups = 1  # read by transformers' attention functions
+        self.is_causal = False
         self.query = MoLGroupedLinear(config, hidden, hidden, num_groups, grouped_gemm)
         self.key = MoLGroupedLinear(config, hidden, hidden, num_groups, grouped_gemm)
         self.value = MoLGroupedLinear(config, hidden, hidden, num_groups, grouped_gemm)
@@ -196,13 +319,33 @@ class MoLAttention(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.config = config
 
-    def forward(self, rows, batch):
+    def forward(self, rows, batch, output_attentions=False):
         q, k, v = (proj(rows, batch).view(-1, self.num_heads, self.head_dim) for proj in (self.query, self.key, self.value))
-        attend = choose_attention(
-            self.config._attn_implementation, rows.device.type, rows.dtype, self.training and self.dropout_prob > 0
-        )
-        context = attend(q, k, v, batch, dropout_p=self.dropout_prob, training=self.training).reshape(rows.shape)
-        return self.LayerNorm(self.dropout(self.output(context, batch)) + rows, batch)
+        context, weights = self.attend(q, k, v, batch, output_attentions)
+        attended = self.LayerNorm(self.dropout(self.output(context.reshape(rows.shape), batch)) + rows, batch)
+        return attended, weights
+
+    def attend(self, q, k, v, batch, output_attentions):
+        name = self.config._attn_implementation or "sdpa"
+        dropout = self.dropout_prob if self.training else 0.0
+        if name not in MOL_PACKED_ATTENTION:
+            attention_function = ALL_ATTENTION_FUNCTIONS.get_interface(name, None)
+            context, weights = mol_padded_attention(self, attention_function, q, k, v, batch, dropout)
+            if output_attentions and weights is None:
+                raise ValueError(f"output_attentions=True: attn_implementation={name!r} does not return attention weights.")
+            return context, weights if output_attentions else None
+        if output_attentions:
+            if name != "eager":
+                raise ValueError(
+                    f"output_attentions=True needs attn_implementation='eager' (this model uses {name!r}, whose kernels "
+                    "never form the attention probabilities): call model.set_attn_implementation('eager')."
+                )
+            return eager_attention(q, k, v, batch, dropout, self.training, output_attentions=True)
+        if torch.compiler.is_compiling() or batch.seq_lengths is None:
+            attend = compilable_attention(name, q.device.type, q.dtype, dropout > 0)
+        else:
+            attend = choose_attention(name, q.device.type, q.dtype, dropout > 0)
+        return attend(q, k, v, batch, dropout_p=dropout, training=self.training), None
 
 
 class MoLLayer(GradientCheckpointingLayer):
@@ -220,10 +363,10 @@ class MoLLayer(GradientCheckpointingLayer):
         self.LayerNorm = MoLGroupedLayerNorm(config, config.hidden_size, num_groups)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, rows, batch):
-        attended = self.attention(rows, batch)
+    def forward(self, rows, batch, output_attentions=False):
+        attended, weights = self.attention(rows, batch, output_attentions)
         expanded = self.activation(self.intermediate(attended, batch))
-        return self.LayerNorm(self.dropout(self.output(expanded, batch)) + attended, batch)
+        return self.LayerNorm(self.dropout(self.output(expanded, batch)) + attended, batch), weights
 
 
 class MoLEncoder(nn.Module):
@@ -232,13 +375,19 @@ class MoLEncoder(nn.Module):
         self.grouped_gemm = MoLGroupedGemm.from_config(config)
         self.layer = nn.ModuleList([MoLLayer(config, i, self.grouped_gemm) for i in range(config.num_hidden_layers)])
 
-    def forward(self, rows, batch, output_hidden_states=False):
+    def forward(self, rows, batch, output_hidden_states=False, output_attentions=False):
         all_rows = (rows,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         for layer in self.layer:
-            rows = layer(rows, batch)
+            if rows.shape[0] > 0:  # a batch of padding only has no rows: its outputs are zeros
+                rows, weights = layer(rows, batch, output_attentions)
+            else:
+                weights = rows.new_zeros(0, layer.attention.num_heads, 0, 0) if output_attentions else None
             if output_hidden_states:
                 all_rows += (rows,)
-        return rows, all_rows
+            if output_attentions:
+                all_attentions += (weights,)
+        return rows, all_rows, all_attentions
 
 
 class MoLPooler(nn.Module):
@@ -258,6 +407,10 @@ class MoLPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["MoLLayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
+    _supports_attention_backend = True  # functions registered in transformers' AttentionInterface run re-padded
+    # Trainer passes `num_items_in_batch` only to heads that divide their summed token loss by it (MLM, token
+    # classification); the others return a mean that Trainer itself divides by the accumulation steps.
+    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -292,8 +445,9 @@ class MoLPreTrainedModel(PreTrainedModel):
     def _routes_by_language(self):
         return bool(self.config.group_layers) and self.config.num_groups > 1
 
-    def _sentence_groups(self, languages, lang_ids, batch_size, device):
-        """The group index of every sentence, (batch,), from codes, indices or the default language."""
+    def _sentence_languages(self, languages, lang_ids, batch_size, device):
+        """The language index of every sentence, (batch,), or None for a model that needs none. Indices the caller
+        passed as a tensor are range-checked later, in the forward pass's one host synchronisation."""
         config = self.config
         if languages is not None and lang_ids is not None:
             raise ValueError("Pass either `languages` (codes) or `lang_ids` (indices into config.languages), not both.")
@@ -306,10 +460,12 @@ class MoLPreTrainedModel(PreTrainedModel):
                     f"`languages` has {len(languages)} codes but the batch has {batch_size} sentences: "
                     "give one code per sentence, or a single code for the whole batch."
                 )
-            lang_ids = torch.tensor([self._language_index(code) for code in languages], device=device)
-        elif lang_ids is not None:
+            return torch.tensor([self._language_index(code) for code in languages], dtype=torch.long, device=device)
+        if lang_ids is not None:
+            if isinstance(lang_ids, (list, tuple)) and any(isinstance(i, bool) or not isinstance(i, int) for i in lang_ids):
+                raise ValueError(f"`lang_ids` must hold integer indices into config.languages, got {lang_ids!r}.")
             lang_ids = torch.as_tensor(lang_ids, device=device)
-            if lang_ids.dtype in (torch.bool,) or lang_ids.is_floating_point():
+            if lang_ids.dtype == torch.bool or lang_ids.is_floating_point() or lang_ids.is_complex():
                 raise ValueError(f"`lang_ids` must hold integer indices into config.languages, got dtype {lang_ids.dtype}.")
             lang_ids = lang_ids.long().expand(batch_size) if lang_ids.dim() == 0 else lang_ids.long()
             if lang_ids.shape != (batch_size,):
@@ -317,22 +473,33 @@ class MoLPreTrainedModel(PreTrainedModel):
                     f"`lang_ids` has shape {tuple(lang_ids.shape)} but the batch has {batch_size} sentences: "
                     f"pass a LongTensor of shape ({batch_size},)."
                 )
-            bad = lang_ids[(lang_ids < 0) | (lang_ids >= len(config.languages))]
-            if bad.numel():
-                raise ValueError(
-                    f"`lang_ids` contains {bad.tolist()}, out of range: valid ids are 0..{len(config.languages) - 1} "
-                    f"(config.languages = {config.languages})."
-                )
-        elif config.default_language is not None:
-            lang_ids = torch.full((batch_size,), self._language_index(config.default_language), device=device)
-        elif self._routes_by_language():
+            if not config.languages:
+                raise ValueError("`lang_ids` were given but this model has no languages (config.languages is empty).")
+            return lang_ids
+        if config.default_language is not None:
+            return torch.full((batch_size,), self._language_index(config.default_language), device=device)
+        if self._routes_by_language():
             raise ValueError(
                 "This MoL model routes every sentence by its language, and none was given: pass `languages=[...]` "
                 "(codes from config.languages) or `lang_ids=...`, or call `model.set_default_language(code)`."
             )
-        else:
+        return None
+
+    def _sentence_groups(self, language_index, batch_size, device):
+        if language_index is None:
             return torch.zeros(batch_size, dtype=torch.long, device=device)
-        return torch.tensor(config.language_to_group(), dtype=torch.long, device=device)[lang_ids]
+        table = torch.tensor(self.config.language_to_group(), dtype=torch.long, device=device)
+        # Clamped so that a bad index fails in the range check with a clear message, not in this lookup.
+        return table[language_index.clamp(0, len(table) - 1)]
+
+    def _output_flags(self, output_hidden_states, output_attentions, return_dict):
+        """Explicit arguments win over the config's values, in both directions."""
+        config = self.config
+        return (
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            config.output_attentions if output_attentions is None else output_attentions,
+            config.return_dict if return_dict is None else return_dict,
+        )
 
     # ---- Hub-native checkpoints ------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory, *args, tokenizer=None, **kwargs):
@@ -346,6 +513,10 @@ class MoLPreTrainedModel(PreTrainedModel):
                 if not os.path.exists(target) or not os.path.samefile(source, target):
                     shutil.copyfile(source, target)
             if tokenizer is not None:
+                limit = position_limit(self.config)
+                if not tokenizer.model_max_length or tokenizer.model_max_length > limit:
+                    # What the position table allows: `truncation=True` then never gives the model too long an input.
+                    tokenizer.model_max_length = limit
                 tokenizer.save_pretrained(save_directory)
             write_sentence_transformers_config(save_directory, self.config)
 
@@ -382,6 +553,11 @@ class MoLPreTrainedModel(PreTrainedModel):
         return model.to(next(xlmr_model.parameters()).dtype)
 
 
+def position_limit(config):
+    """The most tokens a sentence may have: XLM-R's positions start at pad_token_id + 1."""
+    return config.max_position_embeddings - config.pad_token_id - 1
+
+
 def sentence_transformers_module():
     """sentence-transformers' input module for this bundle. Only sentence-transformers' loader imports it; the import
     is named here so that transformers copies `mol_sentence_transformers.py` with the rest of the remote code."""
@@ -393,7 +569,7 @@ def sentence_transformers_module():
 def write_sentence_transformers_config(folder, config):
     """What `SentenceTransformer(folder, trust_remote_code=True)` reads: MoL's input module (which routes each text
     by its language), then mean pooling over real tokens (the papers' sentence representation)."""
-    limit = config.max_position_embeddings - config.pad_token_id - 1  # XLM-R positions start at pad_token_id + 1
+    limit = position_limit(config)
     files = {
         "modules.json": [
             {"idx": 0, "name": "0", "path": "", "type": "mol_sentence_transformers.MoLSentenceTransformer",
@@ -468,6 +644,16 @@ def convert_xlm_roberta_state_dict(state, model):
     return converted
 
 
+@dataclass
+class MoLEncoding:
+    """What the encoder gives the heads: packed output rows, where they came from, and the optional outputs padded."""
+
+    rows: torch.Tensor
+    batch: MoLPackedBatch
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+
+
 class MoLModel(MoLPreTrainedModel):
     """The bare MoL encoder: padded (batch, seq_len, hidden) outputs, zeros at padding."""
 
@@ -484,6 +670,31 @@ class MoLModel(MoLPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
+    def _input_shape(self, input_ids, inputs_embeds, attention_mask):
+        """(batch, seq_len) of the inputs, after checking their types and shapes."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        if input_ids is not None:
+            if not torch.is_tensor(input_ids) or input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+                kind = input_ids.dtype if torch.is_tensor(input_ids) else type(input_ids).__name__
+                raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq_len), got {kind}.")
+            if input_ids.dim() != 2:
+                hint = " (one sentence: use input_ids[None])" if input_ids.dim() == 1 else ""
+                raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}{hint}.")
+            shape = tuple(input_ids.shape)
+        else:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+                raise ValueError(
+                    f"inputs_embeds must have shape (batch, seq_len, {self.config.hidden_size}), "
+                    f"got {tuple(inputs_embeds.shape)}."
+                )
+            shape = tuple(inputs_embeds.shape[:2])
+        if shape[1] == 0:
+            raise ValueError(f"The inputs have no tokens (shape {shape}): give at least one token per sentence.")
+        if attention_mask is not None and tuple(attention_mask.shape) != shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {shape}.")
+        return shape
+
     def encode_packed(
         self,
         input_ids=None,
@@ -494,31 +705,70 @@ class MoLModel(MoLPreTrainedModel):
         position_ids=None,
         inputs_embeds=None,
         output_hidden_states=False,
+        output_attentions=False,
+        labels=None,
+        num_label_classes=None,
     ):
-        """Run the encoder on packed tokens: returns (rows, batch, per-layer rows or None)."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
-        reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
-        batch_size, seq_len = reference.shape
-        device = reference.device
+        """Check the inputs, pack them, run the encoder: a `MoLEncoding`. `labels` (with `num_label_classes`) are
+        range-checked with the inputs, in the same host synchronisation as the packing."""
+        batch_size, seq_len = self._input_shape(input_ids, inputs_embeds, attention_mask)
+        device = (input_ids if input_ids is not None else inputs_embeds).device
+        if labels is not None and tuple(labels.shape) != (batch_size, seq_len):
+            raise ValueError(f"labels has shape {tuple(labels.shape)}; it must match input_ids, {(batch_size, seq_len)}.")
         if attention_mask is None:
             attention_mask = torch.ones(batch_size, seq_len, dtype=torch.long, device=device)
-        if attention_mask.shape != (batch_size, seq_len):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(batch_size, seq_len)}.")
+        given_positions = position_ids is not None
         if position_ids is None:
             position_ids = self.embeddings.position_ids(input_ids, inputs_embeds)
         if token_type_ids is None:
             token_type_ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
-        groups = self._sentence_groups(languages, lang_ids, batch_size, device)
-        batch = MoLPackedBatch.from_mask(attention_mask, groups, self.config.num_groups)
+        position_ids = position_ids.expand(batch_size, seq_len)
+        token_type_ids = token_type_ids.expand(batch_size, seq_len)
+        language_index = self._sentence_languages(languages, lang_ids, batch_size, device)
+        checks = self._range_checks(input_ids, position_ids, token_type_ids, language_index, lang_ids, labels, num_label_classes)
+        groups = self._sentence_groups(language_index, batch_size, device)
+        batch, values = MoLPackedBatch.from_mask(
+            attention_mask, groups, self.config.num_groups, torch.stack([t for _, t, _ in checks]) if checks else None
+        )
+        if values is not None:  # eager: compiled and exported graphs skip the checks (no host synchronisation)
+            for (check, _, bounds), value in zip(checks, values):
+                check(value, bounds, given_positions)
         rows = self.embeddings(
             batch.pack(input_ids) if input_ids is not None else None,
-            batch.pack(position_ids.expand(batch_size, seq_len)),
-            batch.pack(token_type_ids.expand(batch_size, seq_len)),
+            batch.pack(position_ids),
+            batch.pack(token_type_ids),
             batch.pack(inputs_embeds) if inputs_embeds is not None else None,
         )
-        rows, all_rows = self.encoder(rows, batch, output_hidden_states=output_hidden_states)
-        return rows, batch, all_rows
+        rows, all_rows, all_attentions = self.encoder(rows, batch, output_hidden_states, output_attentions)
+        return MoLEncoding(
+            rows=rows,
+            batch=batch,
+            hidden_states=tuple(batch.unpack(r) for r in all_rows) if all_rows is not None else None,
+            attentions=tuple(batch.unpack_attention(a) for a in all_attentions) if all_attentions is not None else None,
+        )
+
+    def _range_checks(self, input_ids, position_ids, token_type_ids, language_index, lang_ids, labels, num_classes):
+        """(check, device scalar, bounds) for every value that must lie in a range: fetched in one synchronisation."""
+        config = self.config
+        checks = []
+
+        def add(check, tensor, bounds, reduce):
+            if tensor is not None and tensor.numel():
+                checks.append((check, reduce(tensor).long(), bounds))
+
+        add(_check_ids, input_ids, (0, config.vocab_size), torch.min)
+        add(_check_ids, input_ids, (0, config.vocab_size), torch.max)
+        add(_check_positions, position_ids, (config.max_position_embeddings, config.pad_token_id), torch.max)
+        add(_check_token_types, token_type_ids, (0, config.type_vocab_size), torch.min)
+        add(_check_token_types, token_type_ids, (0, config.type_vocab_size), torch.max)
+        if lang_ids is not None:
+            add(_check_lang_ids, language_index, (0, len(config.languages)), torch.min)
+            add(_check_lang_ids, language_index, (0, len(config.languages)), torch.max)
+        if labels is not None:
+            real_labels = labels.masked_fill(labels == -100, 0)
+            add(_check_labels, real_labels, (0, num_classes), torch.min)
+            add(_check_labels, real_labels, (0, num_classes), torch.max)
+        return checks
 
     def forward(
         self,
@@ -531,21 +781,63 @@ class MoLModel(MoLPreTrainedModel):
         inputs_embeds=None,
         output_hidden_states=None,
         return_dict=None,
+        output_attentions=None,
         **kwargs,
     ):
-        output_hidden_states = output_hidden_states or self.config.output_hidden_states
-        rows, batch, all_rows = self.encode_packed(
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
+        )
+        encoding = self.encode_packed(
             input_ids, attention_mask, languages, lang_ids, token_type_ids, position_ids, inputs_embeds,
-            output_hidden_states,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
         )
-        last_hidden_state = batch.unpack(rows)
-        pooled = self.pooler(last_hidden_state) if self.pooler is not None else None
-        hidden_states = tuple(batch.unpack(r) for r in all_rows) if all_rows is not None else None
-        if return_dict is False:
-            return tuple(t for t in (last_hidden_state, pooled, hidden_states) if t is not None)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=last_hidden_state, pooler_output=pooled, hidden_states=hidden_states
+        last_hidden_state = encoding.batch.unpack(encoding.rows)
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=self.pooler(last_hidden_state) if self.pooler is not None else None,
+            hidden_states=encoding.hidden_states,
+            attentions=encoding.attentions,
         )
+        return output if return_dict else output.to_tuple()
+
+
+def _check_ids(value, bounds, _):
+    low, high = bounds
+    if not low <= value < high:
+        raise ValueError(f"input_ids contains {value}, outside the vocabulary: valid ids are 0..{high - 1} (vocab_size={high}).")
+
+
+def _check_positions(value, bounds, given):
+    table, pad = bounds
+    if given and value >= table:
+        raise ValueError(f"position_ids contains {value}: valid positions are 0..{table - 1} (max_position_embeddings={table}).")
+    if not given and value >= table:
+        limit = table - pad - 1
+        raise ValueError(
+            f"A sentence has {value - pad} tokens but this model takes at most {limit} (max_position_embeddings={table}, "
+            f"positions start at pad_token_id + 1 = {pad + 1}): truncate the input, e.g. "
+            f"tokenizer(..., truncation=True, max_length={limit})."
+        )
+
+
+def _check_token_types(value, bounds, _):
+    low, high = bounds
+    if not low <= value < high:
+        raise ValueError(f"token_type_ids contains {value}: valid token types are 0..{high - 1} (type_vocab_size={high}).")
+
+
+def _check_lang_ids(value, bounds, _):
+    low, high = bounds
+    if not low <= value < high:
+        raise ValueError(
+            f"`lang_ids` contains {value}, out of range: valid ids are 0..{high - 1} (indices into config.languages)."
+        )
+
+
+def _check_labels(value, bounds, _):
+    low, high = bounds
+    if not low <= value < high:
+        raise ValueError(f"labels contains {value}: valid labels are -100 (ignored) and 0..{high - 1}.")
 
 
 class MoLLMHead(nn.Module):
@@ -562,12 +854,23 @@ class MoLLMHead(nn.Module):
     def forward(self, features):
         return F.linear(self.layer_norm(gelu(self.dense(features))), self.decoder.weight, self.bias)
 
+    def resize_bias(self, vocab_size):
+        """Keep the bias the size of the (resized) vocabulary: old entries kept, new ones zero."""
+        old = self.bias
+        if old.shape[0] != vocab_size:
+            new = old.new_zeros(vocab_size)
+            keep = min(vocab_size, old.shape[0])
+            new[:keep] = old.detach()[:keep]
+            self.bias = nn.Parameter(new, requires_grad=old.requires_grad)
+
 
 class MoLForMaskedLM(MoLPreTrainedModel):
-    """MoL with the MLM head. Given `labels`, it predicts only the masked positions (labels != -100): `logits` is
-    then (masked tokens, vocab) in the batch's row-major order; without labels it is the full (batch, seq, vocab)."""
+    """MoL with the MLM head. `logits` is (batch, seq, vocab) as in every transformers MLM. With
+    `config.sparse_prediction` (what train_mlm.py sets) and `labels`, only the masked positions (labels != -100) go
+    through the head: `logits` is then (masked tokens, vocab) in the batch's row-major order, the loss the same."""
 
     _tied_weights_keys = {"lm_head.decoder.weight": "mol.embeddings.word_embeddings.weight"}
+    accepts_loss_kwargs = True  # the loss is summed over masked tokens and divided by Trainer's num_items_in_batch
 
     def __init__(self, config):
         super().__init__(config)
@@ -581,6 +884,11 @@ class MoLForMaskedLM(MoLPreTrainedModel):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head.decoder = new_embeddings
 
+    def resize_token_embeddings(self, *args, **kwargs):
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        self.lm_head.resize_bias(self.get_input_embeddings().num_embeddings)
+        return embeddings
+
     def forward(
         self,
         input_ids=None,
@@ -593,27 +901,34 @@ class MoLForMaskedLM(MoLPreTrainedModel):
         inputs_embeds=None,
         output_hidden_states=None,
         return_dict=None,
+        output_attentions=None,
+        num_items_in_batch=None,
         **kwargs,
     ):
-        output_hidden_states = output_hidden_states or self.config.output_hidden_states
-        rows, batch, all_rows = self.mol.encode_packed(
-            input_ids, attention_mask, languages, lang_ids, token_type_ids, position_ids, inputs_embeds,
-            output_hidden_states,
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
         )
-        loss = None
-        if labels is not None:
+        encoding = self.mol.encode_packed(
+            input_ids, attention_mask, languages, lang_ids, token_type_ids, position_ids, inputs_embeds,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            labels=labels, num_label_classes=self.config.vocab_size,
+        )
+        rows, batch, loss = encoding.rows, encoding.batch, None
+        if labels is not None and self.config.sparse_prediction:
             # Sorting the packed rows back to the batch's row-major order keeps logits aligned with labels[labels != -100].
-            row_labels = batch.pack(labels)
+            row_labels = batch.pack(labels.to(rows.device))
             masked = (row_labels != -100).nonzero().squeeze(1)
             masked = masked[torch.argsort(batch.token_index[masked])]
             logits = self.lm_head(rows[masked])
-            loss = F.cross_entropy(logits.float(), row_labels[masked])
+            loss = fixed_cross_entropy(logits.float(), row_labels[masked], num_items_in_batch)
         else:
             logits = batch.unpack(self.lm_head(rows))
-        hidden_states = tuple(batch.unpack(r) for r in all_rows) if all_rows is not None else None
-        if return_dict is False:
-            return tuple(t for t in (loss, logits, hidden_states) if t is not None)
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+            if labels is not None:
+                flat_labels = labels.to(logits.device).reshape(-1)
+                loss = fixed_cross_entropy(logits.float().view(-1, logits.shape[-1]), flat_labels, num_items_in_batch)
+        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=encoding.hidden_states,
+                                attentions=encoding.attentions)
+        return output if return_dict else output.to_tuple()
 
 
 class MoLClassificationHead(nn.Module):
@@ -651,11 +966,12 @@ class MoLForSequenceClassification(MoLPreTrainedModel):
         inputs_embeds=None,
         output_hidden_states=None,
         return_dict=None,
+        output_attentions=None,
         **kwargs,
     ):
         outputs = self.mol(
             input_ids, attention_mask, languages, lang_ids, token_type_ids, position_ids, inputs_embeds,
-            output_hidden_states=output_hidden_states,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True,
         )
         hidden = outputs.last_hidden_state
         if self.config.classifier_pooling == "mean":
@@ -665,25 +981,187 @@ class MoLForSequenceClassification(MoLPreTrainedModel):
         else:
             features = hidden[:, 0]
         logits = self.classifier(features)
-        loss = self._classification_loss(logits, labels) if labels is not None else None
-        if return_dict is False:
-            return tuple(t for t in (loss, logits, outputs.hidden_states) if t is not None)
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        loss = sentence_classification_loss(self.config, logits, labels) if labels is not None else None
+        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                          attentions=outputs.attentions)
+        return output if self._output_flags(None, None, return_dict)[2] else output.to_tuple()
 
-    def _classification_loss(self, logits, labels):
-        labels = labels.to(logits.device)
-        if self.config.problem_type is None:
-            if self.num_labels == 1:
-                self.config.problem_type = "regression"
-            elif labels.dtype in (torch.long, torch.int):
-                self.config.problem_type = "single_label_classification"
-            else:
-                self.config.problem_type = "multi_label_classification"
-        if self.config.problem_type == "regression":
-            return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
-        if self.config.problem_type == "single_label_classification":
-            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+def sentence_classification_loss(config, logits, labels):
+    """transformers' problem types: regression (one label), single-label (integer labels), multi-label."""
+    labels = labels.to(logits.device)
+    num_labels = config.num_labels
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class MoLForTokenClassification(MoLPreTrainedModel):
+    """XLM-R's token classification head (dropout, linear) on every real token; zeros at padding."""
+
+    accepts_loss_kwargs = True  # the loss is summed over labelled tokens and divided by Trainer's num_items_in_batch
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.mol = MoLModel(config, add_pooling_layer=False)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        languages=None,
+        lang_ids=None,
+        labels=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        output_hidden_states=None,
+        return_dict=None,
+        output_attentions=None,
+        num_items_in_batch=None,
+        **kwargs,
+    ):
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
+        )
+        encoding = self.mol.encode_packed(
+            input_ids, attention_mask, languages, lang_ids, token_type_ids, position_ids, inputs_embeds,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            labels=labels, num_label_classes=self.num_labels,
+        )
+        logits = encoding.batch.unpack(self.classifier(self.dropout(encoding.rows)))
+        loss = None
+        if labels is not None:
+            flat_labels = labels.to(logits.device).reshape(-1)
+            loss = fixed_cross_entropy(logits.float().view(-1, self.num_labels), flat_labels, num_items_in_batch)
+        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=encoding.hidden_states,
+                                       attentions=encoding.attentions)
+        return output if return_dict else output.to_tuple()
+
+
+class MoLForQuestionAnswering(MoLPreTrainedModel):
+    """XLM-R's extractive QA head: start and end logits per token (zeros at padding)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.mol = MoLModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        languages=None,
+        lang_ids=None,
+        start_positions=None,
+        end_positions=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        output_hidden_states=None,
+        return_dict=None,
+        output_attentions=None,
+        **kwargs,
+    ):
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
+        )
+        encoding = self.mol.encode_packed(
+            input_ids, attention_mask, languages, lang_ids, token_type_ids, position_ids, inputs_embeds,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        )
+        logits = encoding.batch.unpack(self.qa_outputs(encoding.rows))
+        start_logits, end_logits = (part.squeeze(-1).contiguous() for part in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            # As in XLM-R: positions outside the sequence are clamped to seq_len and ignored.
+            ignored = start_logits.size(1)
+            start = start_positions.reshape(-1).to(start_logits.device).clamp(0, ignored)
+            end = end_positions.reshape(-1).to(end_logits.device).clamp(0, ignored)
+            loss = (F.cross_entropy(start_logits, start, ignore_index=ignored)
+                    + F.cross_entropy(end_logits, end, ignore_index=ignored)) / 2
+        output = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                              hidden_states=encoding.hidden_states, attentions=encoding.attentions)
+        return output if return_dict else output.to_tuple()
+
+
+class MoLForMultipleChoice(MoLPreTrainedModel):
+    """XLM-R's multiple-choice head on (batch, choices, seq_len) inputs: one language per example (or per choice)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.mol = MoLModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        languages=None,
+        lang_ids=None,
+        labels=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        output_hidden_states=None,
+        return_dict=None,
+        output_attentions=None,
+        **kwargs,
+    ):
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if reference is None or reference.dim() != (3 if input_ids is not None else 4):
+            shape = None if reference is None else tuple(reference.shape)
+            raise ValueError(f"Multiple choice takes input_ids of shape (batch, choices, seq_len); got {shape}.")
+        num_examples, num_choices = reference.shape[:2]
+
+        def flat(tensor):
+            return tensor.reshape(-1, *tensor.shape[2:]) if tensor is not None else None
+
+        languages, lang_ids = _per_choice(languages, lang_ids, num_examples, num_choices)
+        outputs = self.mol(
+            flat(input_ids), flat(attention_mask), languages, lang_ids, flat(token_type_ids), flat(position_ids),
+            flat(inputs_embeds), output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output)).view(num_examples, num_choices)
+        loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None else None
+        output = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                           attentions=outputs.attentions)
+        return output if self._output_flags(None, None, return_dict)[2] else output.to_tuple()
+
+
+def _per_choice(languages, lang_ids, num_examples, num_choices):
+    """One language per example (repeated for each of its choices) or one per (example, choice)."""
+    if languages is not None and not isinstance(languages, str):
+        languages = list(languages)
+        if len(languages) == num_examples:
+            languages = [code for code in languages for _ in range(num_choices)]
+    if lang_ids is not None:
+        lang_ids = torch.as_tensor(lang_ids)
+        if lang_ids.dim() == 1 and lang_ids.shape[0] == num_examples:
+            lang_ids = lang_ids.repeat_interleave(num_choices)
+        elif lang_ids.dim() == 2:
+            lang_ids = lang_ids.reshape(-1)
+    return languages, lang_ids
 
 
 __all__ = [
@@ -691,4 +1169,7 @@ __all__ = [
     "MoLModel",
     "MoLForMaskedLM",
     "MoLForSequenceClassification",
+    "MoLForTokenClassification",
+    "MoLForQuestionAnswering",
+    "MoLForMultipleChoice",
 ]

@@ -2,10 +2,14 @@
 
 Inputs are packed token rows q, k, v of shape (tokens, heads, head_dim) and a `MoLPackedBatch` that says where
 each sentence starts. Backends:
-  - `eager`: the reference (re-pads, explicit softmax); what the tests compare against;
+  - `eager`: the reference (re-pads, explicit softmax); what the tests compare against, and the one backend that
+    forms the attention probabilities (`output_attentions=True`);
   - on CPU: one SDPA call per sentence (measured fastest on CPU, faster than padded or nested-tensor SDPA);
   - on CUDA: flash-attn's varlen kernel or xformers' memory-efficient attention when installed, else torch's
-    varlen_attn (no dropout) or SDPA over nested jagged tensors.
+    varlen_attn (no dropout) or SDPA over nested jagged tensors;
+  - under torch.compile / torch.export: only tensor operations whose shapes do not depend on a host list of
+    sentence lengths (padded SDPA, or torch's varlen kernel on CUDA), so a compiled block never re-specialises on
+    the lengths of a batch.
 
 Flat remote-code helper: copied beside modeling_mol.py into every exported checkpoint.
 """
@@ -18,6 +22,11 @@ import torch.nn.functional as F
 from transformers.utils import logging
 
 
+try:  # torch's own variable-length kernel (CUDA only), present in recent torch builds
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:
+    varlen_attn = None
+
 logger = logging.get_logger(__name__)
 _LOGGED = set()
 
@@ -28,28 +37,52 @@ def _log_once(name):
         logger.info(f"MoL attention: using {name}.")
 
 
-def eager_attention(q, k, v, batch, dropout_p=0.0, training=False):
-    """Reference attention: re-pad per sentence, mask the padding keys, softmax, weight the values."""
-    num_sentences, width = len(batch.seq_lengths), batch.max_seqlen
-    heads, head_dim = q.shape[1], q.shape[2]
+def pad_rows(rows, batch):
+    """(tokens, heads, head_dim) packed rows -> (sentences, heads, max_seqlen, head_dim), zeros at padding."""
+    num_sentences, width = batch.num_sentences, batch.max_seqlen
+    padded = rows.new_zeros(num_sentences * width, *rows.shape[1:])
+    padded = padded.index_copy(0, batch.pad_index, rows)
+    return padded.view(num_sentences, width, *rows.shape[1:]).transpose(1, 2)
 
-    def pad(rows):
-        padded = rows.new_zeros(num_sentences * width, heads, head_dim)
-        padded[batch.pad_index] = rows
-        return padded.view(num_sentences, width, heads, head_dim).transpose(1, 2)
 
-    scores = pad(q) @ pad(k).transpose(-1, -2) / math.sqrt(head_dim)
-    key_is_real = torch.zeros(num_sentences * width, dtype=torch.bool, device=q.device)
-    key_is_real[batch.pad_index] = True
-    scores = scores.masked_fill(~key_is_real.view(num_sentences, 1, 1, width), torch.finfo(scores.dtype).min)
-    probs = F.dropout(scores.softmax(dim=-1), p=dropout_p, training=training)
-    context = (probs @ pad(v)).transpose(1, 2).reshape(num_sentences * width, heads, head_dim)
-    return context[batch.pad_index]
+def key_padding_bias(batch, dtype):
+    """(sentences, 1, 1, max_seqlen) additive mask: 0 at real keys, the dtype's minimum at padding (never -inf, so a
+    sentence whose keys are all padding gives finite values that the model then zeroes)."""
+    real = batch.key_mask()
+    bias = torch.zeros(real.shape, dtype=dtype, device=real.device).masked_fill(~real, torch.finfo(dtype).min)
+    return bias[:, None, None, :]
+
+
+def eager_attention(q, k, v, batch, dropout_p=0.0, training=False, output_attentions=False):
+    """Reference attention: re-pad per sentence, mask the padding keys, softmax, weight the values.
+
+    With `output_attentions` it returns `(context, probabilities)`, the probabilities (sentences, heads, max_seqlen,
+    max_seqlen) in packed sentence order."""
+    head_dim = q.shape[2]
+    scores = pad_rows(q, batch) @ pad_rows(k, batch).transpose(-1, -2) / math.sqrt(head_dim)
+    probs = (scores + key_padding_bias(batch, scores.dtype)).softmax(dim=-1)
+    probs = probs * batch.key_mask()[:, None, None, :]  # exact zeros at padding keys
+    dropped = F.dropout(probs, p=dropout_p, training=training)
+    context = (dropped @ pad_rows(v, batch)).transpose(1, 2).flatten(0, 1)[batch.pad_index]
+    return (context, probs) if output_attentions else context
+
+
+def sdpa_padded(q, k, v, batch, dropout_p=0.0, training=False):
+    """One SDPA call over the re-padded sentences with a key-padding mask: shapes depend only on tensor sizes and
+    `max_seqlen`, never on a host list of lengths, which is what torch.compile and torch.export need."""
+    mask = key_padding_bias(batch, q.dtype)
+    out = F.scaled_dot_product_attention(
+        pad_rows(q, batch), pad_rows(k, batch), pad_rows(v, batch), attn_mask=mask,
+        dropout_p=dropout_p if training else 0.0,
+    )
+    return out.transpose(1, 2).flatten(0, 1)[batch.pad_index]
 
 
 def sdpa_per_sentence(q, k, v, batch, dropout_p=0.0, training=False):
     """One SDPA call per sentence: no padding at all; the fastest CPU path."""
     p = dropout_p if training else 0.0
+    if not batch.seq_lengths:
+        return q.new_zeros(q.shape)
     outputs = []
     for qs, ks, vs in zip(*(t.split(batch.seq_lengths) for t in (q, k, v))):
         out = F.scaled_dot_product_attention(qs.transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1), dropout_p=p)
@@ -69,8 +102,6 @@ def sdpa_nested(q, k, v, batch, dropout_p=0.0, training=False):
 
 
 def torch_varlen(q, k, v, batch, dropout_p=0.0, training=False):
-    from torch.nn.attention.varlen import varlen_attn
-
     cu = batch.cu_seqlens
     return varlen_attn(q, k, v, cu, cu, batch.max_seqlen, batch.max_seqlen)
 
@@ -117,9 +148,21 @@ def choose_attention(attn_implementation, device_type, dtype, needs_dropout):
         choice = flash_attn_varlen
     elif _installed("xformers.ops"):
         choice = xformers_attention
-    elif dtype in (torch.float16, torch.bfloat16) and not needs_dropout and _installed("torch.nn.attention.varlen"):
+    elif dtype in (torch.float16, torch.bfloat16) and not needs_dropout and varlen_attn is not None:
         choice = torch_varlen
     else:
         choice = sdpa_nested
     _log_once(f"{choice.__name__} on {device_type}")
     return choice
+
+
+def compilable_attention(attn_implementation, device_type, dtype, needs_dropout):
+    """The attention function inside torch.compile / torch.export: no host list of lengths, no import checks."""
+    if attn_implementation == "eager":
+        return eager_attention
+    if attn_implementation == "flash_attention_2":
+        return flash_attn_varlen
+    half = dtype in (torch.float16, torch.bfloat16)
+    if device_type == "cuda" and half and not needs_dropout and varlen_attn is not None:
+        return torch_varlen
+    return sdpa_padded

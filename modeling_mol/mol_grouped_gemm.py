@@ -9,6 +9,9 @@ Three implementations give the same numbers; `MoLGroupedGemm` picks one per devi
      (`grouped_gemm_kernel_trust_remote_code`), never silently;
   2. torch's `grouped_mm` (one call for all groups, where its alignment and device rules hold);
   3. a per-group loop of dense GEMMs (always available; needs the group sizes on the host).
+Inside torch.compile / torch.export (no host synchronisation allowed) the choice is torch's grouped_mm where it can
+run, else `grouped_linear_masked`: every group's GEMM over all rows, each row keeping its own group's result. That
+costs `groups` times the FLOPs and is meant for CPU fp32 graphs (grouped_mm's compiled kernel takes bf16 only there).
 
 Flat remote-code helper: copied beside modeling_mol.py into every exported checkpoint.
 """
@@ -46,6 +49,16 @@ def grouped_linear_loop(x, weight, bias, offsets):
         out = rows @ weight[g]
         outputs.append(out if bias is None else out + bias[g])
     return torch.cat(outputs)
+
+
+def grouped_linear_masked(x, weight, bias, offsets):
+    """Shape-static reference for compiled graphs: no host sync, groups x the FLOPs (see the module docstring)."""
+    row_group = torch.bucketize(torch.arange(x.shape[0], device=x.device), offsets.long(), right=True)
+    out = x.new_zeros(x.shape[0], weight.shape[2])
+    for g in range(weight.shape[0]):
+        result = x @ weight[g] if bias is None else torch.addmm(bias[g], x, weight[g])
+        out = torch.where((row_group == g)[:, None], result, out)
+    return out
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -146,6 +159,11 @@ class MoLGroupedGemm:
         )
 
     def __call__(self, x, weight, bias, offsets):
+        if torch.compiler.is_compiling():
+            supported = grouped_mm_unsupported_reason(x, weight) is None and self.backend in ("auto", "grouped_mm")
+            if supported and (x.is_cuda or x.dtype == torch.bfloat16):
+                return grouped_linear_grouped_mm(x, weight, bias, offsets)
+            return grouped_linear_masked(x, weight, bias, offsets)
         key = (x.device.type, x.dtype, weight.shape[1], weight.shape[2])
         if key not in self._choice:
             self._choice[key] = self._choose(x, weight)

@@ -11,6 +11,7 @@ into `step-N.partial/` and renamed to `step-N/` only when complete; resuming pic
 """
 
 import contextlib
+import copy
 import functools
 import json
 import math
@@ -117,6 +118,7 @@ def model_config(config, tokenizer, codes, groups):
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         languages=codes, language_groups=groups, group_layers=config.group_layers if groups else "dense",
         grouped_gemm_backend=config.grouped_gemm_backend, attn_implementation=config.attn_implementation,
+        sparse_prediction=True,  # training only needs the masked positions' logits; the exported bundle turns it off
     )
 
 
@@ -517,8 +519,9 @@ class MLMTrainer:
         state = self.full_state_dict(model)
         target = self.output_dir / "model"
         if self.is_main:
-            plain = MoLForMaskedLM(self.model_config)
+            plain = MoLForMaskedLM(copy.deepcopy(self.model_config))
             plain.load_state_dict(state)
+            plain.config.sparse_prediction = False  # users get transformers-shaped logits
             shutil.rmtree(target, ignore_errors=True)
             plain.save_pretrained(target, tokenizer=self.tokenizer)
             (target / "README.md").write_text(render_model_card(self.config, self.model_config, devtest,

@@ -82,6 +82,9 @@ def test_save_pretrained_writes_a_flat_remote_code_bundle(models, tokenizer, tmp
         "AutoModel": "modeling_mol.MoLModel",
         "AutoModelForMaskedLM": "modeling_mol.MoLForMaskedLM",
         "AutoModelForSequenceClassification": "modeling_mol.MoLForSequenceClassification",
+        "AutoModelForTokenClassification": "modeling_mol.MoLForTokenClassification",
+        "AutoModelForQuestionAnswering": "modeling_mol.MoLForQuestionAnswering",
+        "AutoModelForMultipleChoice": "modeling_mol.MoLForMultipleChoice",
     }
     assert config["model_type"] == "mol" and config["group_layers"] == [1]
     with safe_open(tmp_path / "model.safetensors", "pt") as weights:

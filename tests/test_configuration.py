@@ -52,7 +52,10 @@ def test_xlmr_field_names_and_defaults():
     ).items():
         assert getattr(config, field) == value, field
     assert config.model_type == "mol"
-    assert set(config.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForMaskedLM", "AutoModelForSequenceClassification"}
+    assert set(config.auto_map) == {
+        "AutoConfig", "AutoModel", "AutoModelForMaskedLM", "AutoModelForSequenceClassification",
+        "AutoModelForTokenClassification", "AutoModelForQuestionAnswering", "AutoModelForMultipleChoice",
+    }
 
 
 @pytest.mark.parametrize(
