@@ -1057,6 +1057,11 @@ class MoLForQuestionAnswering(MoLPreTrainedModel):
     """XLM-R's extractive QA head: start and end logits per token (zeros at padding)."""
 
     def __init__(self, config):
+        if config.num_labels != 2:
+            raise ValueError(
+                f"Question answering predicts one start and one end logit per token: num_labels must be 2, "
+                f"got {config.num_labels}."
+            )
         super().__init__(config)
         self.num_labels = config.num_labels
         self.mol = MoLModel(config, add_pooling_layer=False)

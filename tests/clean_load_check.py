@@ -7,14 +7,8 @@ import importlib.util
 import sys
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    pipeline,
-)
+import transformers
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer, pipeline
 
 
 def main(expected_path):
@@ -40,11 +34,14 @@ def main(expected_path):
         hidden = base(**inputs).last_hidden_state
     assert torch.equal(hidden, expected["hidden"]), (hidden - expected["hidden"]).abs().max()
 
-    classifier = AutoModelForSequenceClassification.from_pretrained(expected["classifier_source"], trust_remote_code=True).eval()
-    assert type(classifier).__name__ == "MoLForSequenceClassification", type(classifier)
-    with torch.no_grad():
-        class_logits = classifier(**inputs).logits
-    assert torch.equal(class_logits, expected["class_logits"]), (class_logits - expected["class_logits"]).abs().max()
+    # Every head: its Auto class, the class it must load as, its inputs and the output it must reproduce exactly.
+    for head in expected["heads"]:
+        auto_class = getattr(transformers, head["auto_class"])
+        model = auto_class.from_pretrained(head["source"], trust_remote_code=True).eval()
+        assert type(model).__name__ == head["class_name"], (type(model), head["class_name"])
+        with torch.no_grad():
+            output = getattr(model(**head["inputs"]), head["output"])
+        assert torch.equal(output, head["expected"]), (head["class_name"], (output - head["expected"]).abs().max())
 
     tokenizer = AutoTokenizer.from_pretrained(source)
     mlm.set_default_language(expected["fill_language"])

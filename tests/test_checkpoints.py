@@ -15,7 +15,13 @@ from transformers import AutoTokenizer, pipeline
 from transformers.dynamic_module_utils import get_imports, get_relative_imports
 
 from configuration_mol import MoLConfig
-from modeling_mol import MoLForMaskedLM, MoLForSequenceClassification
+from modeling_mol import (
+    MoLForMaskedLM,
+    MoLForMultipleChoice,
+    MoLForQuestionAnswering,
+    MoLForSequenceClassification,
+    MoLForTokenClassification,
+)
 
 
 CLEAN_CHECK = Path(__file__).parent / "clean_load_check.py"
@@ -28,32 +34,66 @@ def tokenizer(tiny_tokenizer_dir):
     return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
 
 
+# Every head besides the MLM: (its class, the Auto class it loads through, the output compared, multiple-choice inputs).
+HEADS = [
+    (MoLForSequenceClassification, "AutoModelForSequenceClassification", "logits", False),
+    (MoLForTokenClassification, "AutoModelForTokenClassification", "logits", False),
+    (MoLForQuestionAnswering, "AutoModelForQuestionAnswering", "start_logits", False),
+    (MoLForMultipleChoice, "AutoModelForMultipleChoice", "logits", True),
+]
+
+
 @pytest.fixture(scope="module")
 def models(tokenizer):
     config = MoLConfig(**tiny_config_kwargs(vocab_size=len(tokenizer), group_layers=[1], num_labels=3))
     torch.manual_seed(0)
     mlm = MoLForMaskedLM(config).eval()
-    torch.manual_seed(1)
-    classifier = MoLForSequenceClassification(config).eval()
-    return mlm, classifier
+    heads = []
+    for seed, (head_class, *_) in enumerate(HEADS, start=1):
+        torch.manual_seed(seed)
+        head_config = MoLConfig(**{**config.to_dict(), "num_labels": 2}) if head_class is MoLForQuestionAnswering else config
+        heads.append(head_class(head_config).eval())
+    return mlm, heads
 
 
-def expected_outputs(mlm, classifier, tokenizer, source, classifier_source):
+def save_heads(heads, root, push=False):
+    """Each head in its own folder (or Hub repo); returns their sources."""
+    sources = []
+    for model, (head_class, *_) in zip(heads, HEADS):
+        name = f"tiny-{head_class.__name__.lower()}"
+        if push:
+            model.push_to_hub(f"mol-org/{name}")
+            sources.append(f"mol-org/{name}")
+        else:
+            model.save_pretrained(root / name)
+            sources.append(root / name)
+    return sources
+
+
+def expected_outputs(mlm, heads, tokenizer, source, head_sources):
     """Inputs and the outputs the project computes, for the clean interpreter to compare against."""
     encoded = tokenizer(["All human beings are born free.", "Alle Menschen sind frei.", "Tous les êtres humains."],
                         padding=True, return_tensors="pt")
     inputs = dict(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
                   languages=["eng_Latn", "deu_Latn", "fra_Latn"])
+    choice_inputs = dict(input_ids=encoded["input_ids"][None], attention_mask=encoded["attention_mask"][None],
+                         languages=["deu_Latn"])
+    head_outputs = []
+    for model, head_source, (head_class, auto_class, output, multiple_choice) in zip(heads, head_sources, HEADS):
+        head_inputs = choice_inputs if multiple_choice else inputs
+        with torch.no_grad():
+            value = getattr(model(**head_inputs), output)
+        head_outputs.append(dict(source=str(head_source), auto_class=auto_class, class_name=head_class.__name__,
+                                 inputs=head_inputs, output=output, expected=value))
     mlm.set_default_language("fra_Latn")
     fill = pipeline("fill-mask", model=mlm, tokenizer=tokenizer, device="cpu")
     fill_tokens = [p["token"] for p in fill(FILL_TEXT.replace("<mask>", tokenizer.mask_token))]
     mlm.set_default_language(None)
     with torch.no_grad():
         return dict(
-            source=str(source), classifier_source=str(classifier_source), inputs=inputs,
+            source=str(source), inputs=inputs, heads=head_outputs,
             language_groups=mlm.config.language_groups,
             logits=mlm(**inputs).logits, hidden=mlm.mol(**inputs).last_hidden_state,
-            class_logits=classifier(**inputs).logits,
             fill_language="fra_Latn", fill_text=FILL_TEXT, fill_tokens=fill_tokens,
         )
 
@@ -98,20 +138,18 @@ def test_save_pretrained_writes_a_flat_remote_code_bundle(models, tokenizer, tmp
 
 
 def test_checkpoint_loads_in_a_clean_environment_from_a_folder(models, tokenizer, tmp_path):
-    mlm, classifier = models
+    mlm, heads = models
     mlm.save_pretrained(tmp_path / "mlm", tokenizer=tokenizer)
-    classifier.save_pretrained(tmp_path / "classifier")
-    expected = expected_outputs(mlm, classifier, tokenizer, tmp_path / "mlm", tmp_path / "classifier")
+    expected = expected_outputs(mlm, heads, tokenizer, tmp_path / "mlm", save_heads(heads, tmp_path))
     assert "clean load OK" in run_clean(expected, tmp_path)
 
 
 def test_checkpoint_loads_in_a_clean_environment_from_the_hub(models, tokenizer, tmp_path, hub):
-    mlm, classifier = models
+    mlm, heads = models
     mlm.push_to_hub("mol-org/tiny-mol", tokenizer=tokenizer)
-    classifier.push_to_hub("mol-org/tiny-mol-classifier")
     files = set(hub.state.repos[("model", "mol-org/tiny-mol")].resolve("main").files)
     assert REMOTE_CODE | {"config.json", "model.safetensors", "tokenizer.json"} <= files
-    expected = expected_outputs(mlm, classifier, tokenizer, "mol-org/tiny-mol", "mol-org/tiny-mol-classifier")
+    expected = expected_outputs(mlm, heads, tokenizer, "mol-org/tiny-mol", save_heads(heads, tmp_path, push=True))
     out = run_clean(expected, tmp_path, env={"HF_ENDPOINT": hub.endpoint})
     assert "clean load OK from mol-org/tiny-mol" in out
     assert any(method == "GET" and path.startswith("/mol-org/tiny-mol/resolve/") and path.endswith("/model.safetensors")
