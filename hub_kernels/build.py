@@ -32,7 +32,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 HERE = Path(__file__).resolve().parent
 KERNEL_DIR = HERE / "mol-grouped-gemm"
-CARD_TEMPLATE = HERE.parent / "model_cards" / "kernel_card.md"
+CARD_TEMPLATE = HERE.parent / "model_cards" / "kernel_card.md"  # hub_kernels is a checkout tool, not installed
 BENCHMARK_RESULTS = KERNEL_DIR / "benchmarks" / "results.json"
 
 # Sources that only the named backend ships; every other file of the package goes to every variant.

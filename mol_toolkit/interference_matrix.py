@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model_cards import template_path
+
 
 COLUMNS = ("language", "added_language", "interference")
 
@@ -63,7 +65,7 @@ def load_interference_matrix(source, codes):
 
 
 # ---- writing and publishing the dataset ---------------------------------------------------------------------------
-CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "dataset_card.md"
+CARD_TEMPLATE = template_path("dataset_card.md")
 CONFIGS = ("interference", "languages", "runs")
 SHARD = "train-00000-of-00001.parquet"  # the Hub's shard naming: configs read `<config>/train-*.parquet`
 
@@ -142,6 +144,14 @@ def _format(value):
     return "" if value is None or value != value else f"{value:.4f}"
 
 
+def size_category(rows):
+    """The Hub's size_categories bucket for a dataset of `rows` rows."""
+    for bound, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if rows < bound:
+            return name
+    return "1M<n<10M"
+
+
 def write_card(folder, losses, summary, report, settings, num_runs, repo_id=None):
     """README.md from model_cards/dataset_card.md: YAML metadata (configs, languages), method, settings,
     languages, findings, how to load; an incomplete matrix says so first."""
@@ -152,6 +162,8 @@ def write_card(folder, losses, summary, report, settings, num_runs, repo_id=None
     pretty_name = f"Interference Matrix ({len(codes)} languages{'' if complete else ', incomplete'})"
     card_data = DatasetCardData(
         pretty_name=pretty_name, language=sorted({code.split("_")[0] for code in codes}),
+        license="apache-2.0",  # the project's licence: the matrix is its measurement, no third-party text inside
+        task_categories=["fill-mask"], size_categories=[size_category(len(codes) ** 2)],
         tags=["interference-matrix", "multilingual", "masked-language-modeling"] + ([] if complete else ["incomplete"]),
         configs=dataset_configs(),
     )

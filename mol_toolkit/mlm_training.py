@@ -25,11 +25,12 @@ import torch
 import torch.distributed as dist
 
 from mol_toolkit import languages as language_table
+from model_cards import template_path
 from mol_toolkit import mlm_data
 
 
 CHECKPOINT = re.compile(r"^step-(\d+)$")
-MODEL_CARD = Path(__file__).resolve().parent.parent / "model_cards" / "model_card.md"
+MODEL_CARD = template_path("model_card.md")
 
 
 class TrainingDiverged(RuntimeError):
@@ -562,26 +563,37 @@ def push_folder(folder, repo_id):
 
 
 def render_model_card(config, mol_config, devtest, train_sizes):
-    from string import Template
+    """The bundle's README.md: huggingface_hub's ModelCard from model_cards/model_card.md, with the metadata the Hub
+    reads (license, languages, library, pipeline, tags, datasets) and the UDHR attribution when trained on it."""
+    from huggingface_hub import ModelCard, ModelCardData
 
-    groups = mol_config.language_groups
-    group_lines = "\n".join(f"| {name} | {', '.join(codes)} |" for name, codes in groups.items()) or \
-        "| (dense) | all languages share every block |"
-    loss_lines = "\n".join(f"| {code} | {size} | {devtest[code]:.4f} |"
-                           for code, size in zip(mol_config.languages, train_sizes))
-    language_tags = "\n".join(f"- {code.split('_')[0]}" for code in mol_config.languages)
+    sources = [config.train_data, config.devtest_data, config.supplementary_data,
+               *(config.train_data_overrides or {}).values()]
+    hub_datasets = sorted({source["dataset"] for source in sources if isinstance(source, dict) and source.get("dataset")})
+    udhr = any("udhr" in json.dumps(source) for source in sources if source is not None)
+    card_data = ModelCardData(
+        license=config.license,
+        language=sorted({code.split("_")[0] for code in mol_config.languages}),  # ISO 639-3, as FLORES codes begin
+        library_name="transformers",
+        pipeline_tag="fill-mask",
+        tags=["mol", "mixture-of-languages", "multilingual", "custom_code", "masked-language-modeling"],
+        datasets=hub_datasets or None,
+    )
     values = {
-        "run_name": config.run_name or "mol-mlm", "language_tags": language_tags,
+        "run_name": config.run_name or "mol-mlm", "groups": mol_config.language_groups,
         "num_languages": len(mol_config.languages), "num_groups": mol_config.num_groups,
         "group_layout": mol_config.group_layout, "group_layers": mol_config.group_layers or "none",
         "hidden_size": mol_config.hidden_size, "num_hidden_layers": mol_config.num_hidden_layers,
         "intermediate_size": mol_config.intermediate_size, "vocab_size": mol_config.vocab_size,
-        "group_table": group_lines, "loss_table": loss_lines, "train_data": json.dumps(config.train_data),
-        "devtest_data": json.dumps(config.devtest_data), "max_steps": config.max_steps,
-        "learning_rate": config.peak_learning_rate, "warmup_steps": config.warmup_steps,
-        "sentences_per_device": config.sentences_per_device, "max_length": config.max_length,
+        "losses": [{"code": code, "sentences": size, "loss": f"{devtest[code]:.4f}"}
+                   for code, size in zip(mol_config.languages, train_sizes)],
+        "train_data": json.dumps(config.train_data), "devtest_data": json.dumps(config.devtest_data),
+        "max_steps": config.max_steps, "learning_rate": config.peak_learning_rate,
+        "warmup_steps": config.warmup_steps, "sentences_per_device": config.sentences_per_device,
+        "max_length": config.max_length,
         "sampling": f"{config.sampling} (T={config.sampling_temperature})" if config.sampling == "temperature"
         else config.sampling, "mlm_probability": config.mlm_probability, "mixed_precision": config.mixed_precision,
         "first_language": mol_config.languages[0], "repo_id": config.push_to_hub or "path/to/this/folder",
+        "udhr_notice": udhr, "license": config.license,
     }
-    return Template(MODEL_CARD.read_text(encoding="utf-8")).substitute(values)
+    return str(ModelCard.from_template(card_data, template_path=str(MODEL_CARD), **values))

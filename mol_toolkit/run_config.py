@@ -101,6 +101,8 @@ class RunConfig:
                           "run")
     export: bool = _key(True, "Export the remote-code bundle with tokenizer and card at the end.", "run")
     push_to_hub: object = _key(None, "Upload the exported bundle to this Hub model repo.", "run")
+    license: str = _key("apache-2.0", "Licence of the exported weights, as the Hub's `license` metadata (the model "
+                        "code is always the project's Apache-2.0).", "run")
     run_name: object = _key(None, "Name shown in the model card and trackers (default: the config file's name).",
                             "run")
 
@@ -122,6 +124,8 @@ class RunConfig:
         for name in ("max_steps", "sentences_per_device", "max_length"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}.")
+        if not isinstance(self.license, str) or not self.license.strip():
+            raise ValueError(f"license must be a licence id such as 'apache-2.0' or 'mit', got {self.license!r}.")
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability!r}.")
         if self.languages is None:

@@ -195,6 +195,27 @@ def test_loss_decreases_and_the_model_is_exported(tmp_path, cache_dir):
     card = (export / "README.md").read_text()
     assert "germanic" in card and "rus_Cyrl" in card and f"{result['devtest_loss']['arb_Arab']:.4f}" in card
     assert (Path(config.output_dir) / "checkpoints" / "step-0000060").is_dir()
+    # The card's metadata, read back by huggingface_hub, and the UDHR attribution its notice asks for.
+    from huggingface_hub import ModelCard
+
+    data = ModelCard.load(export / "README.md").data
+    assert data.license == "apache-2.0" and data.library_name == "transformers" and data.pipeline_tag == "fill-mask"
+    assert data.language == sorted(code.split("_")[0] for code in TINY_LANGUAGES)
+    assert "custom_code" in data.tags and "mixture-of-languages" in data.tags
+    assert "Titus Wormer" in card and "UDHR in Unicode" in card
+    # Users get transformers-shaped logits, and a tokenizer that never truncates past the position table.
+    exported = json.loads((export / "config.json").read_text())
+    assert exported["sparse_prediction"] is False
+    tokenizer_config = json.loads((export / "tokenizer_config.json").read_text())
+    assert tokenizer_config["model_max_length"] == exported["max_position_embeddings"] - exported["pad_token_id"] - 1
+
+
+def test_bf16_autocast_run_of_a_grouped_model_in_one_process(tmp_path, cache_dir):
+    config = tiny(tmp_path, cache_dir, max_steps=3, checkpoint_every=0, mixed_precision="bf16", strategy="none")
+    assert config.group_layers != "dense"
+    MLMTrainer(config, show_progress=False).train()
+    losses = [row["train/loss"] for row in read_metrics(config.output_dir).values() if "train/loss" in row]
+    assert len(losses) == 3 and all(np.isfinite(losses)), losses
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir):
