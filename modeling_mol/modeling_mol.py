@@ -38,7 +38,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import logging
 
-from .mol_attention import choose_attention, compilable_attention, eager_attention, pad_rows
+from .mol_attention import choose_attention, compilable_attention, eager_attention, key_padding_bias, pad_rows
 from .mol_grouped_gemm import MoLGroupedGemm
 
 
@@ -294,6 +294,11 @@ def mol_padded_attention(module, attention_function, q, k, v, batch, dropout_p):
     query, key, value = (pad_rows(t, batch) for t in (q, k, v))
     placeholder = query.new_empty(batch.num_sentences, batch.max_seqlen, 0)
     mask = create_bidirectional_mask(config=module.config, inputs_embeds=placeholder, attention_mask=batch.key_mask())
+    if mask is None:
+        # transformers builds no mask for a function registered without a mask function (AttentionMaskInterface);
+        # the re-padded sentences still need one: the additive key-padding mask, which eager- and SDPA-style
+        # functions both take.
+        mask = key_padding_bias(batch, query.dtype)
     context, weights = attention_function(
         module, query, key, value, mask, dropout=dropout_p, scaling=module.head_dim**-0.5, is_causal=False
     )
