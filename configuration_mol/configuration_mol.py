@@ -131,6 +131,7 @@ class MoLConfig(PretrainedConfig):
             Never written to config.json: trust is the loading user's decision
             (`from_pretrained(..., grouped_gemm_kernel_trust_remote_code=True)`), not the checkpoint's.
         classifier_pooling (`str`): `cls` (XLM-R's first-token head) or `mean` for sequence classification.
+        converted_from (`str`, *optional*): the checkpoint `from_xlm_roberta` started from (the card's `base_model`).
         sparse_prediction (`bool`): with `labels`, run the MLM head on the masked positions only and return logits
             of shape (masked tokens, vocab) (ModernBERT's option; `train_mlm.py` turns it on for speed). Off (the
             default), logits are (batch, seq_len, vocab) like every transformers MLM; the loss is the same.
@@ -159,6 +160,7 @@ class MoLConfig(PretrainedConfig):
         classifier_dropout=None,
         classifier_pooling="cls",
         sparse_prediction=False,
+        converted_from=None,
         languages=None,
         language_groups=None,
         group_layers="dense",
@@ -193,6 +195,7 @@ class MoLConfig(PretrainedConfig):
         self.classifier_dropout = classifier_dropout
         self.classifier_pooling = classifier_pooling
         self.sparse_prediction = sparse_prediction
+        self.converted_from = converted_from
         _check_languages(languages, language_groups)
         _check_sizes(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
                      num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,

@@ -507,12 +507,15 @@ class MoLPreTrainedModel(PreTrainedModel):
         )
 
     # ---- Hub-native checkpoints ------------------------------------------------------------------------------------
-    def save_pretrained(self, save_directory, *args, tokenizer=None, **kwargs):
+    def save_pretrained(self, save_directory, *args, tokenizer=None, license="apache-2.0", **kwargs):
         """Save as a flat remote-code bundle: config.json with the full auto_map, safetensors weights, the model's
-        own source files, and the tokenizer when one is given."""
+        own source files, the tokenizer when one is given, and a model card (README.md) when the folder has none.
+        `license` is the weights' licence in the card's metadata (the code is the project's Apache-2.0)."""
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **MOL_AUTO_MAP}
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
+            if not os.path.exists(os.path.join(save_directory, "README.md")):
+                self.model_card(license).save(os.path.join(save_directory, "README.md"))
             for source in remote_code_files():
                 target = os.path.join(save_directory, os.path.basename(source))
                 if not os.path.exists(target) or not os.path.samefile(source, target):
@@ -525,12 +528,40 @@ class MoLPreTrainedModel(PreTrainedModel):
                 tokenizer.save_pretrained(save_directory)
             write_sentence_transformers_config(save_directory, self.config)
 
-    def push_to_hub(self, repo_id, *args, tokenizer=None, **kwargs):
-        """Upload the bundle of `save_pretrained` (and the tokenizer when one is given) to the Hub repo `repo_id`."""
+    def push_to_hub(self, repo_id, *args, tokenizer=None, license="apache-2.0", **kwargs):
+        """Upload the bundle of `save_pretrained` (and the tokenizer when one is given) to the Hub repo `repo_id`.
+        A repo without a README first gets MoL's card: transformers keeps a card it finds and adds its tags."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=kwargs.get("token"))
+        repo_id = api.create_repo(repo_id, private=kwargs.get("private"), exist_ok=True).repo_id
+        if not api.file_exists(repo_id, "README.md", revision=kwargs.get("revision")):
+            self.model_card(license).push_to_hub(repo_id, token=kwargs.get("token"), revision=kwargs.get("revision"),
+                                                 commit_message="Add the MoL model card")
         url = super().push_to_hub(repo_id, *args, **kwargs)
         if tokenizer is not None:
             tokenizer.push_to_hub(repo_id, token=kwargs.get("token"), revision=kwargs.get("revision"))
         return url
+
+    def model_card(self, license="apache-2.0"):
+        """huggingface_hub's ModelCard for this model: the Hub metadata (license, ISO 639-3 languages, library,
+        pipeline, tags, base_model for a converted model) and how to load and route it."""
+        from huggingface_hub import ModelCard, ModelCardData
+
+        config = self.config
+        data = ModelCardData(
+            license=license,
+            language=sorted({code.split("_")[0] for code in config.languages}) or None,
+            library_name="transformers",
+            pipeline_tag=_PIPELINE_TAGS.get(type(self).__name__),
+            tags=["mol", "mixture-of-languages", "multilingual", "custom_code"],
+            base_model=config.converted_from,
+        )
+        return ModelCard.from_template(
+            data, template_str=_MODEL_CARD, model_class=type(self).__name__, groups=config.language_groups,
+            layers=config.group_layers, layout=config.group_layout, base_model=config.converted_from,
+            first_language=config.languages[0] if config.languages else "eng_Latn", license=license,
+        )
 
     # ---- warm start from XLM-R -----------------------------------------------------------------------------------
     @classmethod
@@ -545,6 +576,9 @@ class MoLPreTrainedModel(PreTrainedModel):
         fields |= {"num_labels", "id2label", "label2id", "problem_type"}
         kwargs = {key: value for key, value in xlmr_config.items() if key in fields}
         kwargs.update(languages=languages, language_groups=language_groups, group_layers=group_layers, **config_kwargs)
+        source = getattr(xlmr_model.config, "_name_or_path", None) or None
+        # A Hub id is the card's base_model; a local folder is not something the Hub can link to.
+        kwargs.setdefault("converted_from", None if source is None or os.path.isdir(source) else source)
         model = cls(MoLConfig(**kwargs))
         state = convert_xlm_roberta_state_dict(xlmr_model.state_dict(), model)
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -556,6 +590,43 @@ class MoLPreTrainedModel(PreTrainedModel):
             logger.warning(f"from_xlm_roberta: newly initialised {missing}; not used {unexpected}.")
         model.tie_weights()
         return model.to(next(xlmr_model.parameters()).dtype)
+
+
+_PIPELINE_TAGS = {
+    "MoLModel": "feature-extraction",
+    "MoLForMaskedLM": "fill-mask",
+    "MoLForSequenceClassification": "text-classification",
+    "MoLForTokenClassification": "token-classification",
+    "MoLForQuestionAnswering": "question-answering",
+}
+
+_MODEL_CARD = """---
+{{ card_data }}
+---
+
+# MoL (Mixture of Languages) encoder: `{{ model_class }}`
+
+A multilingual XLM-R-style encoder whose group-specific blocks hold one weight copy per language group; every token
+of a sentence runs through the copy of its language's group.{% if base_model %} Converted from `{{ base_model }}`:
+every group copy starts from that model's weights.{% endif %}
+
+```python
+from transformers import AutoModel, AutoTokenizer
+
+model = AutoModel.from_pretrained("REPO", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("REPO")
+outputs = model(**tokenizer(["..."], return_tensors="pt"), languages=["{{ first_language }}"])  # one code per text
+```
+
+Group-specific blocks: {{ layers if layers else "none (dense)" }} (layout `{{ layout }}`).
+
+| group | languages |
+|---|---|
+{% for name, codes in groups.items() %}| {{ name }} | {{ codes | join(", ") }} |
+{% else %}| (dense) | every language shares every block |
+{% endfor %}
+The model code is Apache-2.0 (the MoL project); the weights are released under `{{ license }}`.
+"""
 
 
 def position_limit(config):

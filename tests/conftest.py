@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -24,6 +25,10 @@ os.environ["HF_TOKEN"] = "hf_mol_loopback_token"
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+# One intra-op thread for the in-process tests: on the 2 shared cores of CI, torch's default thread count is many
+# times slower when the machine is busy (multi-process tests start their own processes with OMP_NUM_THREADS=1).
+torch.set_num_threads(1)
 
 PROJECT = Path(__file__).resolve().parent.parent
 UDHR = PROJECT / "data" / "udhr" / "udhr46_articles.jsonl"  # the shipped sample (see data/udhr/NOTICE.md)

@@ -154,6 +154,14 @@ def test_checkpoint_loads_in_a_clean_environment_from_the_hub(models, tokenizer,
     assert "clean load OK from mol-org/tiny-mol" in out
     assert any(method == "GET" and path.startswith("/mol-org/tiny-mol/resolve/") and path.endswith("/model.safetensors")
                for method, path in hub.state.requests), "the weights did not come over HTTP"
+    # The card pushed with the bundle is MoL's (transformers keeps a card it finds and adds its tags).
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load("mol-org/tiny-mol")
+    assert card.data.pipeline_tag == "fill-mask" and card.data.library_name == "transformers"
+    assert card.data.license == "apache-2.0" and "custom_code" in card.data.tags
+    assert card.data.language == sorted(code.split("_")[0] for code in mlm.config.languages)
+    assert "germanic" in card.text
 
 
 def test_reloaded_model_gives_identical_outputs(models, tmp_path):

@@ -22,8 +22,6 @@ from modeling_mol import (
 )
 
 
-torch.set_num_threads(1)  # 2 shared cores: one thread per process is the fast setting (see the README)
-
 PAD = 1
 LAYOUTS = {"dense": "dense", "grouped": [0, 2]}  # 3 blocks; the grouped model keeps block 1 shared
 HEAD_CLASSES = [MoLModel, MoLForMaskedLM, MoLForSequenceClassification, MoLForTokenClassification,
@@ -494,3 +492,26 @@ def test_bad_config_values_are_errors_naming_the_value(overrides, message):
 def test_question_answering_needs_two_labels():
     with pytest.raises(ValueError, match="num_labels must be 2, got 3"):
         MoLForQuestionAnswering(MoLConfig(**tiny_config_kwargs(num_labels=3)))
+
+
+# ---- model cards --------------------------------------------------------------------------------------------------------
+def test_saved_bundles_carry_a_card_with_hub_metadata(tmp_path):
+    from huggingface_hub import ModelCard
+    from transformers import XLMRobertaConfig, XLMRobertaForTokenClassification
+
+    torch.manual_seed(0)
+    xlmr = XLMRobertaForTokenClassification(XLMRobertaConfig(
+        vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=64, num_labels=5))
+    xlmr.config._name_or_path = "FacebookAI/xlm-roberta-base"  # as after from_pretrained of that Hub id
+    converted = MoLForTokenClassification.from_xlm_roberta(
+        xlmr, languages=LANGUAGES, language_groups={"all": LANGUAGES}, group_layers="stacked")
+    converted.save_pretrained(tmp_path / "converted", license="cc-by-4.0")
+    data = ModelCard.load(tmp_path / "converted" / "README.md").data
+    assert data.base_model == "FacebookAI/xlm-roberta-base" and data.license == "cc-by-4.0"
+    assert data.pipeline_tag == "token-classification" and data.library_name == "transformers"
+    assert data.language == sorted(code.split("_")[0] for code in LANGUAGES) and "custom_code" in data.tags
+    trained = MoLModelTester("dense").model(MoLModel)
+    trained.save_pretrained(tmp_path / "trained")
+    data = ModelCard.load(tmp_path / "trained" / "README.md").data
+    assert data.base_model is None and data.pipeline_tag == "feature-extraction" and data.license == "apache-2.0"
