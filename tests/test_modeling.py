@@ -86,6 +86,31 @@ def test_base_model_and_classifier_match_xlm_roberta(xlmr_class, mol_class):
         torch.testing.assert_close(got.logits, expected.logits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("head", ["token", "qa", "choice"])
+def test_token_qa_and_multiple_choice_heads_match_xlm_roberta(head):
+    from transformers import XLMRobertaForMultipleChoice, XLMRobertaForQuestionAnswering, XLMRobertaForTokenClassification
+
+    from modeling_mol import MoLForMultipleChoice, MoLForQuestionAnswering, MoLForTokenClassification
+
+    xlmr_class, mol_class, fields = {
+        "token": (XLMRobertaForTokenClassification, MoLForTokenClassification, ["logits"]),
+        "qa": (XLMRobertaForQuestionAnswering, MoLForQuestionAnswering, ["start_logits", "end_logits"]),
+        "choice": (XLMRobertaForMultipleChoice, MoLForMultipleChoice, ["logits"]),
+    }[head]
+    torch.manual_seed(0)
+    xlmr = xlmr_class(xlmr_config(num_labels=2)).eval()
+    mol = mol_class.from_xlm_roberta(xlmr, languages=LANGUAGES, language_groups=LANGUAGE_GROUPS, group_layers="stacked").eval()
+    ids, mask = random_batch(4, 10)
+    if head == "choice":  # 2 examples of 2 choices, one language per example
+        ids, mask, languages = ids.view(2, 2, 10), mask.view(2, 2, 10), batch_languages(2)
+    else:
+        languages = batch_languages(4)
+    expected, got = xlmr(input_ids=ids, attention_mask=mask), mol(input_ids=ids, attention_mask=mask, languages=languages)
+    real = mask.bool() if head != "choice" else slice(None)
+    for field in fields:
+        torch.testing.assert_close(getattr(got, field)[real], getattr(expected, field)[real], atol=1e-5, rtol=0)
+
+
 # ---- group blocks ---------------------------------------------------------------------------------------------------
 def test_group_block_with_identical_copies_equals_shared_block():
     shared = tiny_mol(group_layers="dense")
