@@ -80,6 +80,11 @@ class RunConfig:
     adam_epsilon: float = _key(1e-6, "AdamW epsilon.", "optimisation")
     max_grad_norm: float = _key(1.0, "Gradient clipping norm (0 disables).", "optimisation")
     mixed_precision: str = _key("bf16", "bf16 (compute in bf16, reduce in fp32) or no.", "optimisation")
+    gradient_accumulation_steps: int = _key(1, "Micro-batches per optimizer step: the global batch is "
+                                            "sentences_per_device x processes x this.", "optimisation")
+    global_batch_size: object = _key(None, "Sentences per optimizer step over all processes; when set, "
+                                     "gradient_accumulation_steps follows from it and the world size (it must "
+                                     "divide evenly). The paper: 1200 x 32 GPUs = 38400.", "optimisation")
     seed: int = _key(0, "Seed of initialisation, sampling and masking.", "optimisation")
 
     # -- distribution
@@ -99,6 +104,10 @@ class RunConfig:
     trackers: list = _list_key(["tensorboard"], "accelerate trackers (tensorboard, wandb, ...; [] for none).", "run")
     resume: object = _key(None, "Resume: 'latest' (the newest checkpoint in output_dir) or a checkpoint folder.",
                           "run")
+    overwrite: bool = _key(False, "Start afresh in an output_dir that holds an earlier run, deleting it (without "
+                           "this, or resume, such a folder is refused).", "run")
+    threads: object = _key(None, "torch intra-op threads per process (null: accelerate's choice under accelerate "
+                           "launch, else the cores divided by the local processes).", "run")
     export: bool = _key(True, "Export the remote-code bundle with tokenizer and card at the end.", "run")
     push_to_hub: object = _key(None, "Upload the exported bundle to this Hub model repo.", "run")
     license: str = _key("apache-2.0", "Licence of the exported weights, as the Hub's `license` metadata (the model "
@@ -111,23 +120,13 @@ class RunConfig:
         return float(LEARNING_RATE_PRESETS.get(self.learning_rate, self.learning_rate))
 
     def validate(self):
-        """Check what can be checked without data or tokenizer; errors name the value and what is valid."""
-        _one_of("sampling", self.sampling, SAMPLING)
-        _one_of("strategy", self.strategy, STRATEGIES)
-        _one_of("mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        if isinstance(self.learning_rate, str) and self.learning_rate not in LEARNING_RATE_PRESETS:
-            try:
-                float(self.learning_rate)
-            except ValueError:
-                raise ValueError(f"learning_rate {self.learning_rate!r} is neither a number nor a preset "
-                                 f"{sorted(LEARNING_RATE_PRESETS)}.") from None
-        for name in ("max_steps", "sentences_per_device", "max_length"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}.")
-        if not isinstance(self.license, str) or not self.license.strip():
-            raise ValueError(f"license must be a licence id such as 'apache-2.0' or 'mit', got {self.license!r}.")
-        if not 0 < self.mlm_probability < 1:
-            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability!r}.")
+        """Check what can be checked without data or tokenizer: every key's type and range (from YAML and the
+        command line alike), then the keys that depend on each other. Errors name the key, the value and what is
+        valid."""
+        for name, check in CHECKS.items():
+            check(name, getattr(self, name))
+        if self.min_sentences is not None and self.max_sentences is not None and self.min_sentences > self.max_sentences:
+            raise ValueError(f"min_sentences={self.min_sentences} exceeds max_sentences={self.max_sentences}.")
         if self.languages is None:
             raise ValueError("languages is not set: give a preset (mol-30, mol-90, interference-83) or a list of codes.")
         if self.train_data is None and not self.train_data_overrides:
@@ -143,6 +142,155 @@ class RunConfig:
 def _one_of(name, value, valid):
     if value not in valid:
         raise ValueError(f"{name} {value!r} is not valid: use one of {list(valid)}.")
+
+
+# -- the type and range of every key ------------------------------------------------------------------------------
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def integer(low=None, high=None, optional=False):
+    def check(name, value):
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low) or \
+                (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in {low}..{high}"
+            raise ValueError(f"{name} must be an integer {bounds}{' or null' if optional else ''}, got {value!r}.")
+    return check
+
+
+def real(low=None, high=None, low_open=False, high_open=False, optional=False):
+    def check(name, value):
+        if value is None and optional:
+            return
+        below = low is not None and (value <= low if low_open else value < low) if _number(value) else True
+        above = high is not None and (value >= high if high_open else value > high) if _number(value) else True
+        if not _number(value) or below or above or value != value:
+            left = "(" if low_open else "["
+            right = ")" if high_open else "]"
+            bounds = f"in {left}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}{right}"
+            raise ValueError(f"{name} must be a number {bounds}{' or null' if optional else ''}, got {value!r}.")
+    return check
+
+
+def boolean(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def text(optional=False):
+    def check(name, value):
+        if value is None and optional:
+            return
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{name} must be a non-empty string{' or null' if optional else ''}, got {value!r}.")
+    return check
+
+
+def one_of(valid, optional=False):
+    def check(name, value):
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or value not in valid:
+            raise ValueError(f"{name} {value!r} is not valid: use one of {list(valid)}.")
+    return check
+
+
+def kinds(*types, optional=False, what):
+    def check(name, value):
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(f"{name} must be {what}, got {value!r}.")
+    return check
+
+
+def learning_rate(name, value):
+    if isinstance(value, str):
+        if value not in LEARNING_RATE_PRESETS:
+            raise ValueError(f"learning_rate {value!r} is neither a number nor a preset {sorted(LEARNING_RATE_PRESETS)}.")
+        return
+    real(0, low_open=True)(name, value)
+
+
+def betas(name, value):
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(_number(b) and 0 <= b < 1 for b in value):
+        raise ValueError(f"{name} must be two numbers in [0, 1), e.g. [0.9, 0.98], got {value!r}.")
+
+
+def strings(name, value):
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{name} must be a list of names (e.g. [tensorboard], or [] for none), got {value!r}.")
+
+
+def hub_repo(name, value):
+    if value is None:
+        return
+    if not isinstance(value, str) or value.count("/") != 1 or not all(value.split("/")):
+        raise ValueError(f"{name} must be a Hub repo id of the form ORG/NAME, got {value!r}.")
+
+
+_SOURCE = dict(optional=True, what="a path or a mapping (see --help)")
+CHECKS = {
+    "languages": kinds(str, list, tuple, optional=True, what="a preset name, a list of FLORES codes or a "
+                       "comma-separated string"),
+    "language_groups": kinds(str, dict, what="'paper', 'per-language', 'single', a mapping or a groups.json path"),
+    "group_layers": kinds(str, list, what="a layout name or a list of block indices"),
+    "vocab_size": integer(1, optional=True),
+    "hidden_size": integer(1),
+    "num_hidden_layers": integer(1),
+    "num_attention_heads": integer(1),
+    "intermediate_size": integer(1),
+    "hidden_dropout_prob": real(0, 1, high_open=True),
+    "attention_probs_dropout_prob": real(0, 1, high_open=True),
+    "attn_implementation": text(optional=True),
+    "grouped_gemm_backend": one_of(("auto", "hub_kernel", "grouped_mm", "loop")),
+    "tokenizer": text(),
+    "train_data": kinds(str, dict, **_SOURCE),
+    "train_data_overrides": kinds(dict, optional=True, what="a mapping language -> source"),
+    "supplementary_data": kinds(str, dict, **_SOURCE),
+    "devtest_data": kinds(str, dict, **_SOURCE),
+    "max_sentences": integer(1, optional=True),
+    "min_sentences": integer(0, optional=True),
+    "deduplicate": boolean,
+    "max_length": integer(3),  # <s>, </s> and at least one token
+    "sampling": one_of(SAMPLING),
+    "sampling_temperature": real(0, low_open=True),
+    "sentences_per_device": integer(1),
+    "mlm_probability": real(0, 1, low_open=True, high_open=True),
+    "cache_dir": text(),
+    "eval_sentences": integer(1, optional=True),
+    "learning_rate": learning_rate,
+    "warmup_steps": integer(0),
+    "max_steps": integer(1),
+    "weight_decay": real(0),
+    "adam_betas": betas,
+    "adam_epsilon": real(0, low_open=True),
+    "max_grad_norm": real(0),
+    "mixed_precision": one_of(MIXED_PRECISION),
+    "gradient_accumulation_steps": integer(1),
+    "global_batch_size": integer(1, optional=True),
+    "seed": integer(0),
+    "strategy": one_of(STRATEGIES),
+    "shard_group_size": integer(1, optional=True),
+    "output_dir": text(),
+    "checkpoint_every": integer(0),
+    "checkpoint_at_end": boolean,
+    "keep_checkpoints": integer(1),
+    "eval_every": integer(0),
+    "log_every": integer(1),
+    "trackers": strings,
+    "resume": text(optional=True),
+    "overwrite": boolean,
+    "threads": integer(1, optional=True),
+    "export": boolean,
+    "push_to_hub": hub_repo,
+    "license": text(),
+    "run_name": text(optional=True),
+}
 
 
 KEYS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -173,7 +321,15 @@ def _read_config_file(path, seen=()):
         raise ValueError(f"The run config {str(path)!r} does not exist.")
     if path.resolve() in seen:
         raise ValueError(f"The run config {path} is its own base (a cycle through {[str(p) for p in seen]}).")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ValueError(f"The run config {path} is not valid YAML{where}: {problem}.") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"The run config {path} is not UTF-8 text (byte {error.start}).") from None
     if not isinstance(values, dict):
         raise ValueError(f"The run config {path} must be a mapping of keys to values, got {type(values).__name__}.")
     base = values.pop("base", None)
