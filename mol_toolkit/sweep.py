@@ -18,8 +18,10 @@ from pathlib import Path
 
 from mol_toolkit import languages as language_table
 from mol_toolkit import mlm_data
-from mol_toolkit.mlm_training import MLMTrainer, RunData, atomic_write_text, load_tokenizer
+from mol_toolkit.mlm_training import MLMTrainer, RunData, load_tokenizer
 from mol_toolkit.run_config import load_run_config
+from mol_toolkit.training.metrics import atomic_write_text
+from mol_toolkit.training.parallelism import ProcessContext
 
 
 UDHR_SAMPLE = "data/udhr/udhr46_articles.jsonl"
@@ -153,10 +155,11 @@ class Sweep:
     def pending(self, jobs):
         return [job for job in jobs if not self.result_path(job).is_file()]
 
-    def run_job(self, job, shard_label=""):
-        """Train one model (resuming its own checkpoint if a kill interrupted it) and write its result rows."""
+    def run_job(self, job, shard_label="", device=None, on_step=None):
+        """Train one model alone in this process (resuming its own checkpoint if a kill interrupted it) and write
+        its result rows."""
         config = load_run_config(None, {**self.values, "languages": list(job), "output_dir": str(self.run_dir(job))})
-        result = MLMTrainer(config, independent=True, show_progress=False).train()
+        result = MLMTrainer(config, context=ProcessContext.local(device), show_progress=False, on_step=on_step).train()
         rows = [{"languages": sorted(job), "eval_language": code, "loss": result["devtest_loss"][code],
                  "run": run_id(job), "steps": result["steps"], "seed": result["seed"],
                  "wall_time_s": result["wall_time_s"], "compute_s": result["compute_s"],
@@ -169,8 +172,9 @@ class Sweep:
         shutil.rmtree(self.run_dir(job), ignore_errors=True)  # its checkpoints are not needed once the rows exist
         return rows
 
-    def run(self, jobs, shard_label="", show_progress=True):
-        """Run `jobs` that have no results yet, with a progress bar over runs; returns timing figures."""
+    def run(self, jobs, shard_label="", show_progress=True, device=None):
+        """Run `jobs` that have no results yet, with a progress bar over runs that also shows the running run's
+        step, loss and tokens/s; returns timing figures."""
         todo = self.pending(jobs)
         done_before = len(jobs) - len(todo)
         progress = None
@@ -181,11 +185,16 @@ class Sweep:
                             dynamic_ncols=True)
         wall = compute = 0.0
         for position, job in enumerate(todo):
+            on_step = None
             if progress is not None:
-                progress.set_postfix(done=done_before + position, running=run_id(job),
-                                     left=len(todo) - position)
+                progress.set_postfix(done=done_before + position, running=run_id(job), left=len(todo) - position)
+
+                def on_step(step, loss, tokens_per_s, job=job):
+                    progress.set_postfix(running=run_id(job), step=f"{step}/{self.base.max_steps}",
+                                         loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+                    progress.refresh()
             started = time.perf_counter()
-            rows = self.run_job(job, shard_label)
+            rows = self.run_job(job, shard_label, device, on_step)
             wall += time.perf_counter() - started
             compute += rows[0]["compute_s"]
             if progress is not None:

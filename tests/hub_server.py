@@ -69,7 +69,7 @@ def error(status, code, message):
 
 
 class HubState:
-    def __init__(self, user="mol-tester", orgs=("mol-encoders", "mol-org")):
+    def __init__(self, user="mol-tester", orgs=("mol-encoders", "mol-org", "mol-tests")):
         self.user, self.orgs = user, list(orgs)
         self.trusted_kernel_publishers = set()  # orgs whose kernels `kernels` loads without trust_remote_code
         self.repos = {}

@@ -261,6 +261,7 @@ def test_hub_dataset_sources_streamed_with_a_template_per_language(tmp_path, hub
     result = trainer.train()
     assert set(result["devtest_loss"]) == {"eng_Latn", "fra_Latn"}
     uncapped = tiny(tmp_path, str(tmp_path / "cache"), languages=["eng_Latn"], group_layers="dense",
+                    output_dir=str(tmp_path / "uncapped"),
                     train_data={"dataset": "mol-tests/udhr-nllb-style", "name": "{lang}"},
                     devtest_data={"dataset": "mol-tests/udhr-flores-style", "name": "{lang}", "split": "devtest"},
                     max_sentences=None)
