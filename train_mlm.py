@@ -8,6 +8,8 @@ newest checkpoint of --output-dir.
 """
 
 import argparse
+import json
+import os
 import sys
 
 from mol_toolkit.run_config import add_config_arguments, load_run_config
@@ -16,17 +18,36 @@ from mol_toolkit.run_config import add_config_arguments, load_run_config
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML run config (configs/*.yaml); flags below override its keys.")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the config, build the model on the meta device, print its total and active "
+                             "parameters, the data sources, world size and global batch, and exit (offline, without "
+                             "tokenizer or data when the config gives vocab_size)")
     add_config_arguments(parser)
     args = vars(parser.parse_args(argv))
-    return args.pop("config"), args
+    return args.pop("config"), args.pop("dry_run"), args
+
+
+def print_dry_run(plan):
+    print(f"Model: {plan['parameters']:,} parameters, {plan['active_parameters']:,} active per sentence; "
+          f"{len(plan['languages'])} languages in {max(1, len(plan['language_groups']))} group(s); "
+          f"group-specific blocks {plan['group_layers'] or 'none'}.")
+    print(f"Batch: {plan['sentences_per_device']} sentences per device x {plan['world_size']} process(es) x "
+          f"{plan['gradient_accumulation_steps']} accumulation step(s) = {plan['global_batch']} per step; "
+          f"{plan['max_steps']} steps.")
+    for role in ("train_data", "devtest_data"):
+        for code, source in plan[role].items():
+            print(f"{role} {code}: {json.dumps(source)}")
 
 
 def main(argv=None):
-    config_path, overrides = parse_args(argv)
+    config_path, dry, overrides = parse_args(argv)
     try:
         config = load_run_config(config_path, overrides)
-        from mol_toolkit.mlm_training import MLMTrainer
+        from mol_toolkit.mlm_training import MLMTrainer, dry_run
 
+        if dry:
+            print_dry_run(dry_run(config, int(os.environ.get("WORLD_SIZE", 1))))
+            return 0
         trainer = MLMTrainer(config)
     except ValueError as error:
         print(f"train_mlm.py: error: {error}", file=sys.stderr)

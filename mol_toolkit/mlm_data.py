@@ -73,7 +73,10 @@ def iter_texts(source, lang, role):
     streaming = bool(source.get("streaming", False))
     if "path" in source:
         builder, files = _local_files(source, lang, role)
-        rows = load_dataset(builder, data_files=files, split="train", streaming=streaming)
+        if builder in ("json", "text"):
+            rows = _read_lines(files, builder, role, lang)
+        else:
+            rows = load_dataset(builder, data_files=files, split="train", streaming=streaming)
     else:
         try:
             rows = load_dataset(source["dataset"], source.get("name"), split=source.get("split", "train"),
@@ -82,8 +85,11 @@ def iter_texts(source, lang, role):
             raise ValueError(f"The {role} dataset {source['dataset']!r} for {lang} cannot be loaded: {error}") from error
     text_field, language_field, split_field = source["text_field"], source.get("language_field"), source.get("split_field")
     for row in rows:
-        if text_field not in row:
-            raise ValueError(f"The {role} source for {lang} has no field {text_field!r}; its fields are {sorted(row)}.")
+        where = row.pop("__where__", None) if isinstance(row, dict) else None
+        if not isinstance(row, dict) or text_field not in row:
+            fields = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise ValueError(f"The {role} source for {lang}{f' ({where})' if where else ''} has no field "
+                             f"{text_field!r}; its fields are {fields}.")
         if language_field and row.get(language_field) != lang:
             continue
         if split_field and "path" in source and row.get(split_field) != source.get("split"):
@@ -91,6 +97,43 @@ def iter_texts(source, lang, role):
         text = row[text_field]
         if isinstance(text, str) and text.strip():
             yield text.strip()
+
+
+def _read_lines(files, builder, role, lang):
+    """Rows of local .jsonl/.json (one JSON object per line, or one JSON array) and .txt (one text per line) files,
+    each with `__where__` (file and line) for errors that name the place: bytes that are not UTF-8, a line that is
+    not JSON."""
+    for file in files:
+        with open(file, "rb") as handle:
+            data = handle.read()
+        try:
+            content = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = data[: error.start].count(b"\n") + 1
+            raise ValueError(f"The {role} file {file} (for {lang}) is not UTF-8 text: line {line} has the byte "
+                             f"{data[error.start]:#04x}.") from None
+        if builder == "text":
+            for number, line in enumerate(content.splitlines(), start=1):
+                yield {"text": line, "__where__": f"{file}, line {number}"}
+            continue
+        if file.endswith(".json") and content.lstrip().startswith("["):
+            try:
+                records = json.loads(content)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"The {role} file {file} (for {lang}) is not valid JSON: line {error.lineno}, "
+                                 f"column {error.colno}: {error.msg}.") from None
+            for number, record in enumerate(records, start=1):
+                yield {**record, "__where__": f"{file}, record {number}"} if isinstance(record, dict) else record
+            continue
+        for number, line in enumerate(content.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"The {role} file {file} (for {lang}) has a line that is not JSON: line {number}, "
+                                 f"column {error.colno}: {error.msg}.") from None
+            yield {**record, "__where__": f"{file}, line {number}"} if isinstance(record, dict) else record
 
 
 def collect_texts(lang, sources, max_sentences, min_sentences, deduplicate, role):
@@ -120,6 +163,21 @@ def collect_texts(lang, sources, max_sentences, min_sentences, deduplicate, role
 
 def _describe(source):
     return source.get("path") or source.get("dataset")
+
+
+def describe_source(source, cap=None):
+    """A source for a dry run: where it is, and its size where it is known without reading it (local files)."""
+    if "dataset" in source:
+        return {"dataset": source["dataset"], "name": source.get("name"), "split": source.get("split", "train"),
+                "sentences": "unknown (a Hub dataset; read when the run starts)"}
+    pattern = os.path.expanduser(source["path"])
+    files = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+    files = [f for f in files if os.path.isfile(f)]
+    size = sum(os.path.getsize(f) for f in files)
+    filtered = source.get("language_field") or source.get("split_field")
+    return {"path": source["path"], "files": len(files), "bytes": size, "cap": cap,
+            "sentences": "unknown (filtered by language/split when read)" if filtered else
+            ("no such file" if not files else "read when the run starts")}
 
 
 # -- tokenization, cached once per language

@@ -89,26 +89,75 @@ def _tokenizer(name):
         raise ValueError(f"The tokenizer {name!r} cannot be loaded: {error}") from error
 
 
+# XLM-R's special token ids: what the model is built with when no tokenizer is read (a dry run of a paper preset).
+XLMR_SPECIAL_IDS = {"pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
+
+
 def model_config(config, tokenizer, codes, groups):
+    """The MoLConfig of the run. `tokenizer` None (a dry run) takes XLM-R's special ids and needs vocab_size."""
     from configuration_mol import MoLConfig
 
-    vocab_size = config.vocab_size or len(tokenizer)
-    if len(tokenizer) > vocab_size:
-        raise ValueError(f"The tokenizer {config.tokenizer!r} has {len(tokenizer)} tokens but vocab_size={vocab_size}: "
-                         f"its ids would not fit the embeddings; set vocab_size >= {len(tokenizer)} or null.")
-    for name in ("mask_token_id", "pad_token_id"):
-        if getattr(tokenizer, name) is None:
-            raise ValueError(f"The tokenizer {config.tokenizer!r} has no {name.replace('_id', '')}: MLM needs one.")
+    if tokenizer is None:
+        if config.vocab_size is None:
+            raise ValueError("vocab_size is null, so the tokenizer must be read for its size: set vocab_size to run "
+                             "without the tokenizer.")
+        vocab_size, special = config.vocab_size, XLMR_SPECIAL_IDS
+    else:
+        vocab_size = config.vocab_size or len(tokenizer)
+        if len(tokenizer) > vocab_size:
+            raise ValueError(f"The tokenizer {config.tokenizer!r} has {len(tokenizer)} tokens but vocab_size={vocab_size}: "
+                             f"its ids would not fit the embeddings; set vocab_size >= {len(tokenizer)} or null.")
+        for name in ("mask_token_id", "pad_token_id"):
+            if getattr(tokenizer, name) is None:
+                raise ValueError(f"The tokenizer {config.tokenizer!r} has no {name.replace('_id', '')}: MLM needs one.")
+        special = {name: getattr(tokenizer, name) for name in XLMR_SPECIAL_IDS}
     return MoLConfig(
         vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
         hidden_dropout_prob=config.hidden_dropout_prob, attention_probs_dropout_prob=config.attention_probs_dropout_prob,
-        max_position_embeddings=config.max_length + tokenizer.pad_token_id + 1,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        max_position_embeddings=config.max_length + special["pad_token_id"] + 1, **special,
         languages=codes, language_groups=groups, group_layers=config.group_layers if groups else "dense",
         grouped_gemm_backend=config.grouped_gemm_backend, attn_implementation=config.attn_implementation,
         sparse_prediction=True,  # training only needs the masked positions' logits; the exported bundle turns it off
     )
+
+
+def parameter_counts(model):
+    """(total, active): every parameter once, and those one sentence uses (one copy of each group block's weights)."""
+    from modeling_mol.modeling_mol import MoLGroupedLayerNorm, MoLGroupedLinear
+
+    total = sum(p.numel() for p in model.parameters())
+    inactive = 0
+    for module in model.modules():
+        if isinstance(module, (MoLGroupedLinear, MoLGroupedLayerNorm)) and module.num_groups > 1:
+            inactive += sum(p.numel() for p in module.parameters(recurse=False)) * (module.num_groups - 1) // module.num_groups
+    return total, total - inactive
+
+
+def dry_run(config, world_size=1):
+    """What the run would be, without running it: a dict of the model's size, the data and the batch. Reads the
+    tokenizer only when vocab_size is null, and no data."""
+    import torch
+
+    from modeling_mol import MoLForMaskedLM
+
+    codes, groups = resolve_languages_and_groups(config)
+    tokenizer = load_tokenizer(config) if config.vocab_size is None else None
+    mol_config = model_config(config, tokenizer, codes, groups)
+    with torch.device("meta"):
+        model = MoLForMaskedLM(mol_config)
+    total, active = parameter_counts(model)
+    accumulation = accumulation_steps(config, world_size)
+    train = per_language_sources(config.train_data, codes, "train_data", config.train_data_overrides)
+    devtest = per_language_sources(config.devtest_data, codes, "devtest_data")
+    return {
+        "languages": codes, "language_groups": groups, "group_layers": mol_config.group_layers,
+        "parameters": total, "active_parameters": active, "world_size": world_size,
+        "sentences_per_device": config.sentences_per_device, "gradient_accumulation_steps": accumulation,
+        "global_batch": config.sentences_per_device * world_size * accumulation, "max_steps": config.max_steps,
+        "train_data": {code: mlm_data.describe_source(train[code], config.max_sentences) for code in codes},
+        "devtest_data": {code: mlm_data.describe_source(devtest[code], config.eval_sentences) for code in codes},
+    }
 
 
 class RunData:
