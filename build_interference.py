@@ -21,11 +21,15 @@ START = time.perf_counter()
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from mol_toolkit.run_config import config_key_help
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=config_key_help(sweep=True))
     parser.add_argument("command", nargs="?", default="run", choices=["run", "analyse", "publish"],
                         help="run (default): the sweep, then the matrices, analyses and dataset folder; analyse: "
                              "only the latter, from the results so far; publish: upload the dataset folder")
-    parser.add_argument("--preset", default="tiny", help="tiny (the shipped sample, CPU) or paper (Section 3.1)")
+    parser.add_argument("--preset", default="tiny", help="a sweep config: tiny (the shipped sample, CPU), paper "
+                        "(Section 3.1), both in configs/interference/, or a path to a YAML file with the keys below")
     parser.add_argument("--languages", help="a preset (interference-83, mol-30, mol-90) or comma-separated FLORES "
                                             "codes (default: the preset's)")
     parser.add_argument("--output-dir", help="where results, matrices, plots and the dataset folder go "
@@ -33,6 +37,7 @@ def parse_args(argv):
     parser.add_argument("--shard", default="0/1", help="i/N: run every N-th job starting at i (default 0/1: all)")
     parser.add_argument("--max-steps", type=int, help="override the preset's training steps per model")
     parser.add_argument("--checkpoint-every", type=int, help="override how often a run saves a checkpoint (steps)")
+    parser.add_argument("--seeds", help="override the config's seeds, comma-separated (e.g. 0,1,2)")
     parser.add_argument("--similarity-encoder", help="a Hub encoder (or folder) for Section 4: embedding similarity "
                                                      "of a parallel set, rank-correlated with I")
     parser.add_argument("--parallel", default="data/udhr/udhr46_articles.jsonl",
@@ -49,19 +54,35 @@ def build_sweep(args):
 
     overrides = {key: value for key, value in (("max_steps", args.max_steps),
                                                ("checkpoint_every", args.checkpoint_every)) if value is not None}
+    if args.seeds is not None:
+        try:
+            overrides["seeds"] = [int(seed) for seed in args.seeds.split(",")]
+        except ValueError:
+            raise ValueError(f"--seeds {args.seeds!r} is not a comma-separated list of integers (e.g. 0,1,2).") from None
     return Sweep(args.preset, args.languages, args.output_dir, overrides)
 
 
-def similarity_matrix(args, codes):
+def load_similarity_inputs(args, codes):
+    """The --similarity-encoder and its parallel set, loaded before any run (an unloadable one fails up front)."""
     if not args.similarity_encoder:
         return None
-    from mol_toolkit.grouping import read_parallel_set
+    from mol_toolkit.grouping import load_encoder, read_parallel_set
+
+    if not Path(args.parallel).is_file():
+        raise ValueError(f"--parallel {args.parallel!r} is not a file: give the n-way parallel jsonl (lang, id, text).")
+    return load_encoder(args.similarity_encoder), read_parallel_set(args.parallel, codes)
+
+
+def similarity_matrix(inputs, codes):
+    if inputs is None:
+        return None
     from mol_toolkit.interference_analysis import embedding_similarity
 
-    return embedding_similarity(codes, read_parallel_set(args.parallel, codes), args.similarity_encoder)
+    encoder, texts = inputs
+    return embedding_similarity(codes, texts, encoder)
 
 
-def write_outputs(sweep, args):
+def write_outputs(sweep, args, similarity_inputs=None):
     """L, I, every analysis and the dataset folder from the results so far; missing runs are reported, not filled."""
     from mol_toolkit.interference_analysis import loss_matrix, missing_cells
     from mol_toolkit.interference_matrix import write_dataset_folder
@@ -77,7 +98,8 @@ def write_outputs(sweep, args):
             return None
     report = write_dataset_folder(sweep.output_dir / "dataset", losses, rows, sweep.settings,
                                   allow_incomplete=args.allow_incomplete,
-                                  similarity=similarity_matrix(args, sweep.languages), repo_id=args.repo)
+                                  similarity=similarity_matrix(similarity_inputs, sweep.languages),
+                                  repo_id=args.repo)
     losses.to_csv(sweep.output_dir / "loss_matrix.csv")
     return report
 
@@ -90,6 +112,7 @@ def run(args):
 
     shard = parse_shard(args.shard)
     sweep = build_sweep(args)
+    similarity_inputs = load_similarity_inputs(args, sweep.languages)
     # Without cpu=True a CPU launch of several processes would leave each believing it is alone.
     state = PartialState(cpu=not torch.cuda.is_available())
     with state.main_process_first():
@@ -105,7 +128,7 @@ def run(args):
     if not state.is_main_process:
         return 0
     sweep_wall = time.perf_counter() - START
-    report = write_outputs(sweep, args)
+    report = write_outputs(sweep, args, similarity_inputs)
     # Overhead: all of the sweep (process start, data, tokenization, checkpoints, result files) but training steps and
     # evaluation forwards; the analyses and plots that follow are timed apart.
     overhead = {"sweep_wall_s": sweep_wall, "compute_s": timing["compute_s"],
@@ -127,8 +150,8 @@ def run(args):
 
 def analyse(args):
     sweep = build_sweep(args)
-    sweep.check_output_dir()
-    report = write_outputs(sweep, args)
+    sweep.check_output_dir(subset=True)
+    report = write_outputs(sweep, args, load_similarity_inputs(args, sweep.languages))
     if report is not None:
         print(f"Wrote the matrices, analyses and dataset folder to {sweep.output_dir}")
     return 0

@@ -70,10 +70,16 @@ def loss_matrix(results, languages):
         if not set(trained) <= set(codes):
             continue
         added = next((c for c in trained if c != evaluated), evaluated)
-        if seen.get((evaluated, added), loss) != loss:
+        key = (evaluated, added, row.get("seed"))
+        if seen.get(key, loss) != loss:
             raise ValueError(f"Two results disagree for the model {'+'.join(trained)} on {evaluated}: "
-                             f"{seen[evaluated, added]} and {loss}. A sweep writes each run once: check the results file.")
-        seen[evaluated, added] = matrix.loc[evaluated, added] = loss
+                             f"{seen[key]} and {loss}. A sweep writes each run once: check the results file.")
+        seen[key] = loss
+    by_cell = {}
+    for (evaluated, added, _), loss in seen.items():
+        by_cell.setdefault((evaluated, added), []).append(loss)
+    for (evaluated, added), losses in by_cell.items():  # a sweep of several seeds: their mean
+        matrix.loc[evaluated, added] = float(np.mean(losses))
     return matrix
 
 

@@ -338,11 +338,57 @@ def _read_config_file(path, seen=()):
     return {**_read_config_file(path.parent / base, (*seen, path.resolve())), **values}
 
 
+# The sweep's own keys, on top of the run config's (a sweep config is a run config that every run shares, plus these).
+SWEEP_KEYS = {
+    "seeds": ([0], "Seeds: every model of the sweep is trained once per seed; the loss matrix averages them."),
+}
+# Run keys a sweep decides for itself: each run trains alone, exports nothing and resumes its own checkpoint.
+SWEEP_FIXED = {"strategy": "none", "export": False, "push_to_hub": None, "resume": "latest"}
+
+
+def load_sweep_config(path, overrides=None):
+    """(run values, sweep values) of a sweep config: the same loader, keys and checks as a run config, with the
+    sweep keys on top. The run values are checked by building a RunConfig from them."""
+    values = _read_config_file(Path(path))
+    values.update(overrides or {})
+    sweep = {key: values.pop(key, default) for key, (default, _) in SWEEP_KEYS.items()}
+    seeds = sweep["seeds"]
+    if not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds) or \
+            not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers >= 0, e.g. [0, 1, 2], got {seeds!r}.")
+    for key, fixed in SWEEP_FIXED.items():
+        if key in values and values[key] != fixed:
+            raise ValueError(f"A sweep sets {key}={fixed!r} for its runs (each trains alone in its process); "
+                             f"{path} sets {key}={values[key]!r}: remove it.")
+        values[key] = fixed
+    unknown = sorted(set(values) - set(KEYS))
+    if unknown:
+        raise ValueError(f"Unknown sweep config key {unknown[0]!r} in {path}. Valid keys: {', '.join(SWEEP_KEYS)} "
+                         f"and the run keys {', '.join(KEYS)}.")
+    return values, sweep
+
+
 def _parse_value(text):
     """Command-line values are YAML scalars or flow collections: 1e-4, null, [eng_Latn, fra_Latn], {a: 1}."""
     import yaml
 
     return yaml.safe_load(text)
+
+
+def config_key_help(sweep=False):
+    """Every key and its documentation, for an --help epilog (the docs live once, on the keys)."""
+    lines = []
+    if sweep:
+        lines.append("sweep config keys (the sweep's own, on top of the run keys):")
+        lines += [f"  {name}: {doc} (default: {json.dumps(default)})" for name, (default, doc) in SWEEP_KEYS.items()]
+        lines.append(f"run keys shared by every run of the sweep (fixed by the sweep: "
+                     f"{', '.join(f'{k}={json.dumps(v)}' for k, v in SWEEP_FIXED.items())}):")
+    for name, spec in KEYS.items():
+        if sweep and name in SWEEP_FIXED:
+            continue
+        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        lines.append(f"  {name}: {spec.metadata['help']} (default: {json.dumps(default)})")
+    return "\n".join(lines).replace("%", "%%")
 
 
 def add_config_arguments(parser):

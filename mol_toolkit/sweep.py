@@ -15,47 +15,19 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from mol_toolkit import languages as language_table
 from mol_toolkit import mlm_data
 from mol_toolkit.mlm_training import MLMTrainer, RunData, load_tokenizer
-from mol_toolkit.run_config import load_run_config
+from configs import sweep_preset_path
+from mol_toolkit.run_config import load_run_config, load_sweep_config
 from mol_toolkit.training.metrics import atomic_write_text
 from mol_toolkit.training.parallelism import ProcessContext
 
 
-UDHR_SAMPLE = "data/udhr/udhr46_articles.jsonl"
-_UDHR = {"path": UDHR_SAMPLE, "language_field": "lang", "split_field": "split"}
-
-PRESETS = {
-    # Section 3.1: 2-layer encoders (widths are not given; XLM-R base's here), the XLM-R tokenizer, 1M NLLB
-    # sentences per language, 10k steps, lr 1e-5 with 2.5k warmup steps then cosine, AdamW, MLM 15%, max length 256,
-    # FLORES-200 devtest. The batch size is not given either: 256 sentences.
-    "paper": {
-        "languages": "interference-83", "tokenizer": "FacebookAI/xlm-roberta-base", "vocab_size": 250002,
-        "hidden_size": 768, "num_hidden_layers": 2, "num_attention_heads": 12, "intermediate_size": 3072,
-        "train_data": "data/nllb/{lang}.jsonl", "max_sentences": 1_000_000, "min_sentences": None,
-        "devtest_data": {"dataset": "openlanguagedata/flores_plus", "name": "{lang}", "split": "devtest"},
-        "max_length": 256, "sampling": "proportional", "sentences_per_device": 256, "learning_rate": "interference",
-        "warmup_steps": 2500, "max_steps": 10_000, "mixed_precision": "bf16", "checkpoint_every": 1000,
-    },
-    # The shipped UDHR sample, five languages of four scripts, 2-block models of width 64: the whole sweep (15 runs)
-    # takes about 3 minutes on 2 CPU cores.
-    "tiny": {
-        "languages": ["eng_Latn", "fra_Latn", "rus_Cyrl", "arb_Arab", "hin_Deva"], "tokenizer": "data/udhr-tokenizer",
-        "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
-        "train_data": {**_UDHR, "split": "train"}, "devtest_data": {**_UDHR, "split": "devtest"},
-        "max_sentences": None, "min_sentences": None, "max_length": 128, "sampling": "proportional",
-        "sentences_per_device": 16, "learning_rate": 1e-3, "warmup_steps": 20, "max_steps": 250,
-        "mixed_precision": "no", "checkpoint_every": 100,
-    },
-}
-# What every run of a sweep shares, whatever the preset: dense 2-layer models, no trackers or exports per run.
-RUN_DEFAULTS = {"group_layers": "dense", "strategy": "none", "trackers": [], "export": False, "eval_every": 0,
-                "log_every": 10, "keep_checkpoints": 1, "resume": "latest", "checkpoint_at_end": False}
 # Keys that do not change a run's result, left out of the sweep's fingerprint.
-NOT_SETTINGS = {"languages", "output_dir", "cache_dir", "resume", "trackers", "run_name", "log_every", "export",
+NOT_SETTINGS = {"languages", "seed", "output_dir", "overwrite", "threads", "cache_dir", "resume", "trackers", "run_name", "log_every", "export",
                 "push_to_hub", "checkpoint_every", "checkpoint_at_end", "keep_checkpoints", "grouped_gemm_backend",
                 "attn_implementation"}
 
@@ -65,7 +37,16 @@ def jobs_for(languages):
     return [(code,) for code in languages] + list(itertools.combinations(languages, 2))
 
 
+class Run(NamedTuple):
+    """One model of the sweep: its languages, and its seed in a sweep of several seeds (None: the only seed)."""
+
+    languages: tuple
+    seed: object = None
+
+
 def run_id(job):
+    if isinstance(job, Run):
+        return "+".join(job.languages) + ("" if job.seed is None else f"@seed{job.seed}")
     return "+".join(job)
 
 
@@ -86,27 +67,31 @@ def select_jobs(jobs, shard=(0, 1), process=(0, 1)):
 
 
 class Sweep:
-    """One sweep over `languages` with a preset's settings, in `output_dir`."""
+    """One sweep over `languages` with the settings of a sweep config (a preset of configs/interference/ or a YAML
+    path), in `output_dir`."""
 
     def __init__(self, preset="tiny", languages=None, output_dir=None, overrides=None):
-        if preset not in PRESETS:
-            raise ValueError(f"Unknown preset {preset!r}: use one of {sorted(PRESETS)}.")
-        values = {**PRESETS[preset], **RUN_DEFAULTS, **(overrides or {})}
+        path = sweep_preset_path(preset)
+        overrides = dict(overrides or {})
         if languages is not None:
-            values["languages"] = languages
+            overrides["languages"] = languages
+        values, sweep_values = load_sweep_config(path, overrides)
+        self.seeds = sweep_values["seeds"]
         self.languages = language_table.resolve_languages(values["languages"])
         if len(self.languages) < 2:
             raise ValueError(f"An interference sweep needs at least 2 languages, got {self.languages}.")
-        self.preset = preset
-        self.output_dir = Path(output_dir or f"runs/interference-{preset}")
+        self.preset = path.stem
+        self.output_dir = Path(output_dir or f"runs/interference-{self.preset}")
         values.setdefault("cache_dir", str(self.output_dir / "tokenized"))
         self.values = values
         self.base = load_run_config(None, {**values, "languages": self.languages,
                                            "output_dir": str(self.output_dir / "runs")})
         self.settings = {k: v for k, v in self.base.to_dict().items() if k not in NOT_SETTINGS}
-        self.settings["preset"] = preset
+        self.settings["preset"] = self.preset
+        self.settings["seeds"] = self.seeds
         self.fingerprint = hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        self.jobs = jobs_for(self.languages)
+        several = len(self.seeds) > 1
+        self.jobs = [Run(tuple(job), seed if several else None) for seed in self.seeds for job in jobs_for(self.languages)]
 
     # -- where things live
 
@@ -122,11 +107,19 @@ class Sweep:
 
     # -- checks before any work
 
-    def check_output_dir(self):
-        """The output folder belongs to this sweep's settings: results of other settings are never mixed in."""
+    def check_output_dir(self, subset=False):
+        """The output folder belongs to this sweep's languages and settings: results of other settings are never
+        mixed in, and its matrices are never replaced by another sweep's. `subset`: analysing some of its languages."""
         settings_file = self.output_dir / "sweep.json"
+        if settings_file.exists() and not settings_file.is_file():
+            raise ValueError(f"{settings_file} is not a file: is --output-dir {self.output_dir} a sweep folder?")
         if settings_file.is_file():
             recorded = json.loads(settings_file.read_text())
+            theirs = recorded.get("languages", [])
+            same = set(self.languages) <= set(theirs) if subset else list(self.languages) == list(theirs)
+            if not same:
+                raise ValueError(f"{self.output_dir} holds the sweep of the languages {theirs}, not {self.languages}: "
+                                 "use another --output-dir, or the languages it was made with.")
             if recorded["fingerprint"] != self.fingerprint:
                 changed = sorted(k for k in set(recorded["settings"]) | set(self.settings)
                                  if recorded["settings"].get(k) != self.settings.get(k))
@@ -158,14 +151,18 @@ class Sweep:
     def run_job(self, job, shard_label="", device=None, on_step=None):
         """Train one model alone in this process (resuming its own checkpoint if a kill interrupted it) and write
         its result rows."""
-        config = load_run_config(None, {**self.values, "languages": list(job), "output_dir": str(self.run_dir(job))})
+        codes = list(job.languages) if isinstance(job, Run) else list(job)
+        values = {**self.values, "languages": codes, "output_dir": str(self.run_dir(job))}
+        if isinstance(job, Run) and job.seed is not None:
+            values["seed"] = job.seed
+        config = load_run_config(None, values)
         result = MLMTrainer(config, context=ProcessContext.local(device), show_progress=False, on_step=on_step).train()
-        rows = [{"languages": sorted(job), "eval_language": code, "loss": result["devtest_loss"][code],
+        rows = [{"languages": sorted(codes), "eval_language": code, "loss": result["devtest_loss"][code],
                  "run": run_id(job), "steps": result["steps"], "seed": result["seed"],
                  "wall_time_s": result["wall_time_s"], "compute_s": result["compute_s"],
                  "resumed_from_step": result["resumed_from_step"], "shard": shard_label,
                  "settings": {"fingerprint": self.fingerprint, **self.settings}}
-                for code in job]
+                for code in codes]
         self.results_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.result_path(job), json.dumps({"fingerprint": self.fingerprint, "rows": rows},
                                                             indent=1, default=str))
