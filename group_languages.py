@@ -50,7 +50,36 @@ def parse_args(argv=None):
         parser.error("--strategy balanced-data needs --counts (JSON {code: sentences})")
     if args.strategy == "interference" and not args.matrix:
         parser.error("--strategy interference needs --matrix (the dataset build_interference.py publishes)")
+    check_paths(parser, args)
     return args
+
+
+def check_paths(parser, args):
+    """Every file named on the command line exists, and --out / --plot can be written, before any work."""
+    for flag, path in (("--out", args.out), ("--plot", args.plot)):
+        if path is not None and path.is_dir():
+            parser.error(f"{flag} {str(path)!r} is a directory: give a file path (e.g. {path / 'groups.json'}).")
+        if path is not None and path.parent.exists() and not path.parent.is_dir():
+            parser.error(f"{flag} {str(path)!r}: {str(path.parent)!r} is a file, not a folder.")
+    if args.counts is not None and not args.counts.is_file():
+        parser.error(f"--counts {str(args.counts)!r} does not exist: give a JSON file {{code: sentences}}.")
+    needs_parallel = args.strategy in ("token-overlap", "embedding")
+    if needs_parallel and not args.parallel.is_file():
+        parser.error(f"--parallel {str(args.parallel)!r} does not exist: give an n-way parallel jsonl (lang, id, text).")
+
+
+def read_counts(path):
+    """{code: sentences} with positive integer counts."""
+    try:
+        counts = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"--counts {str(path)!r} is not valid JSON: {error}.") from None
+    if not isinstance(counts, dict):
+        raise ValueError(f"--counts {str(path)!r} must hold a JSON object {{code: sentences}}, got {type(counts).__name__}.")
+    for code, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"--counts {str(path)!r} gives {code} the count {count!r}: counts are integers >= 0.")
+    return counts
 
 
 def make_groups(args, codes, counts, matrix):
@@ -82,10 +111,9 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         codes = resolve_languages(args.languages)
-        counts = json.loads(args.counts.read_text()) if args.counts else None
+        counts = read_counts(args.counts) if args.counts else None
         matrix = load_interference_matrix(args.matrix, codes) if args.matrix else None
         grouping = make_groups(args, codes, counts, matrix)
-        matrix = load_interference_matrix(args.matrix, codes) if args.matrix else None
     except (ValueError, RuntimeError) as error:
         print(f"group_languages.py: error: {error}", file=sys.stderr)
         sys.exit(2)

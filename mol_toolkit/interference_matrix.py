@@ -43,6 +43,27 @@ def _rows(source):
         raise ValueError(f"Cannot load the interference dataset {source!r} from the Hub: {error}") from error
 
 
+def check_interference_values(rows, source, codes):
+    """Every value between two of `codes` a finite number and every such pair given once (or twice with the same
+    value): never averaged, never passed on to scipy as NaN, inf or text. A missing pair is a missing row."""
+    import pandas as pd
+
+    wanted = set(codes)
+    rows = rows[rows["language"].isin(wanted) & rows["added_language"].isin(wanted)
+                & (rows["language"] != rows["added_language"])]
+    values = pd.to_numeric(rows["interference"], errors="coerce")
+    for index in rows.index:
+        value, raw = values[index], rows.at[index, "interference"]
+        if raw is None or (isinstance(raw, float) and np.isnan(raw)) or not np.isfinite(value) or isinstance(raw, (str, bool)):
+            pair = (rows.at[index, "language"], rows.at[index, "added_language"])
+            raise ValueError(f"The interference matrix {source} has the value {raw!r} for {pair}: every value must be "
+                             "a finite number (a missing pair is a missing row, not NaN).")
+    for pair, group in rows.assign(value=values).groupby(["language", "added_language"]):
+        if group["value"].nunique() > 1:
+            raise ValueError(f"The interference matrix {source} gives {pair} twice with different values "
+                             f"{sorted(group['value'].tolist())}: keep one row per pair.")
+
+
 def load_interference_matrix(source, codes):
     """The (len(codes) x len(codes)) matrix I for `codes`, diagonal 0. Every requested pair must be present."""
     rows = _rows(source)
@@ -53,7 +74,8 @@ def load_interference_matrix(source, codes):
     absent = [c for c in codes if c not in known]
     if absent:
         raise ValueError(f"The interference matrix {source} has no row for {absent}; it covers {sorted(known)}.")
-    table = rows.pivot_table(index="language", columns="added_language", values="interference", aggfunc="mean")
+    check_interference_values(rows, source, codes)
+    table = rows.pivot_table(index="language", columns="added_language", values="interference", aggfunc="first")
     table = table.reindex(index=codes, columns=codes)
     matrix = table.to_numpy(dtype=float, copy=True)
     np.fill_diagonal(matrix, 0.0)
