@@ -84,7 +84,7 @@ def similarity_matrix(inputs, codes):
 
 def write_outputs(sweep, args, similarity_inputs=None):
     """L, I, every analysis and the dataset folder from the results so far; missing runs are reported, not filled."""
-    from mol_toolkit.interference_analysis import loss_matrix, missing_cells
+    from mol_toolkit.interference_analysis import InterferenceResults, loss_matrix, missing_cells
     from mol_toolkit.interference_matrix import write_dataset_folder
 
     rows = sweep.result_rows()
@@ -96,10 +96,9 @@ def write_outputs(sweep, args, similarity_inputs=None):
         if not args.allow_incomplete:
             print("Not writing the dataset folder: finish the other shards, or pass --allow-incomplete.")
             return None
+    computed = InterferenceResults.compute(losses, similarity_matrix(similarity_inputs, sweep.languages))  # once
     report = write_dataset_folder(sweep.output_dir / "dataset", losses, rows, sweep.settings,
-                                  allow_incomplete=args.allow_incomplete,
-                                  similarity=similarity_matrix(similarity_inputs, sweep.languages),
-                                  repo_id=args.repo)
+                                  allow_incomplete=args.allow_incomplete, repo_id=args.repo, computed=computed)
     losses.to_csv(sweep.output_dir / "loss_matrix.csv")
     return report
 

@@ -20,6 +20,7 @@ an outlier's entries.
 
 import itertools
 import json
+from dataclasses import dataclass
 from dataclasses import asdict
 from pathlib import Path
 
@@ -400,54 +401,83 @@ def _plain(value):
     return value
 
 
-def analyse(losses, out_dir, similarity=None):
+@dataclass
+class InterferenceResults:
+    """Everything computed from the loss matrix L, once: the analysis writes it, the dataset writer writes it, the
+    card shows it; nothing downstream recomputes a part of it."""
+
+    losses: pd.DataFrame
+    interference: pd.DataFrame
+    summary: pd.DataFrame
+    bounds: dict
+    outliers: list
+    families: pd.DataFrame
+    scripts: pd.DataFrame
+    resources: pd.DataFrame
+    asymmetry_summary: dict
+    asymmetry_pairs: pd.DataFrame
+    missing: list
+    similarity: pd.DataFrame | None = None
+    correlation: pd.DataFrame | None = None
+
+    @classmethod
+    def compute(cls, losses, similarity=None):
+        interference = interference_matrix(losses)
+        summary = language_summary(losses, interference)
+        outliers = list(summary.index[summary["outlier"]])
+        asymmetry_summary, pairs = asymmetry(interference, outliers)
+        return cls(
+            losses=losses, interference=interference, summary=summary, bounds=iqr_bounds(summary["mean_loss"]),
+            outliers=outliers, families=group_interference(interference, "family", outliers),
+            scripts=group_interference(interference, "script", outliers), resources=resource_levels(summary),
+            asymmetry_summary=asymmetry_summary, asymmetry_pairs=pairs, missing=missing_cells(losses),
+            similarity=similarity,
+            correlation=similarity_correlation(interference, similarity, outliers) if similarity is not None else None,
+        )
+
+
+def analyse(results, out_dir, similarity=None):
     """Write every table (CSV) and figure (PNG) of Sections 3.2-3.6 (and 4, given a similarity matrix S over the
-    same languages) to `out_dir`, plus report.json; return the report."""
-    interference = interference_matrix(losses)
+    same languages) to `out_dir`, plus report.json; return the report. `results`: an `InterferenceResults`, or the
+    loss matrix L to compute them from."""
+    if not isinstance(results, InterferenceResults):
+        results = InterferenceResults.compute(results, similarity)
+    r = results
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = language_summary(losses, interference)
-    bounds = iqr_bounds(summary["mean_loss"])
-    outliers = list(summary.index[summary["outlier"]])
-    families = group_interference(interference, "family", outliers)
-    scripts = group_interference(interference, "script", outliers)
-    resources = resource_levels(summary)
-    asymmetry_summary, pairs = asymmetry(interference, outliers)
-
-    losses.to_csv(out / "loss_matrix.csv")
-    interference.to_csv(out / "interference_matrix.csv")
-    summary.to_csv(out / "languages.csv", index=False)
-    families.to_csv(out / "family_interference.csv")
-    scripts.to_csv(out / "script_interference.csv")
-    resources.to_csv(out / "resource_levels.csv")
-    pairs.to_csv(out / "asymmetry_pairs.csv", index=False)
-    plot_mean_loss(summary, bounds, out / "figure1_mean_loss.png")
-    plot_interference(interference, out / "figure2_interference_matrix.png")
-    plot_robustness_friendliness(summary, out / "figure3_robustness_friendliness.png")
-    plot_groups(families, "family", out / "figure4_family.png")
-    plot_groups(scripts, "script", out / "figure5_script.png")
-    plot_resource_levels(resources, out / "figure6_resource_levels.png")
-    plot_asymmetry(pairs, asymmetry_summary, out / "asymmetry.png")
+    r.losses.to_csv(out / "loss_matrix.csv")
+    r.interference.to_csv(out / "interference_matrix.csv")
+    r.summary.to_csv(out / "languages.csv", index=False)
+    r.families.to_csv(out / "family_interference.csv")
+    r.scripts.to_csv(out / "script_interference.csv")
+    r.resources.to_csv(out / "resource_levels.csv")
+    r.asymmetry_pairs.to_csv(out / "asymmetry_pairs.csv", index=False)
+    plot_mean_loss(r.summary, r.bounds, out / "figure1_mean_loss.png")
+    plot_interference(r.interference, out / "figure2_interference_matrix.png")
+    plot_robustness_friendliness(r.summary, out / "figure3_robustness_friendliness.png")
+    plot_groups(r.families, "family", out / "figure4_family.png")
+    plot_groups(r.scripts, "script", out / "figure5_script.png")
+    plot_resource_levels(r.resources, out / "figure6_resource_levels.png")
+    plot_asymmetry(r.asymmetry_pairs, r.asymmetry_summary, out / "asymmetry.png")
 
     report = {
-        "languages": list(losses.index),
-        "complete": not missing_cells(losses),
-        "missing_cells": missing_cells(losses),
-        "outlier_bounds": bounds,
-        "outliers": outliers,
-        "excluded_from_aggregates": outliers,
-        "families": list(families.index),
-        "scripts": list(scripts.index),
-        "positive_interference": positive_entries(interference),
-        "asymmetry": asymmetry_summary,
+        "languages": list(r.losses.index),
+        "complete": not r.missing,
+        "missing_cells": r.missing,
+        "outlier_bounds": r.bounds,
+        "outliers": r.outliers,
+        "excluded_from_aggregates": r.outliers,
+        "families": list(r.families.index),
+        "scripts": list(r.scripts.index),
+        "positive_interference": positive_entries(r.interference),
+        "asymmetry": r.asymmetry_summary,
     }
-    if similarity is not None:
-        correlation = similarity_correlation(interference, similarity, outliers)
-        similarity.to_csv(out / "similarity_matrix.csv")
-        correlation.to_csv(out / "similarity_correlation.csv")
-        plot_similarity(correlation, interference, similarity, out / "figure7_similarity.png")
-        report["similarity_correlation"] = {"mean_spearman": correlation["spearman"].mean(),
-                                            "per_language": correlation["spearman"].to_dict()}
+    if r.similarity is not None:
+        r.similarity.to_csv(out / "similarity_matrix.csv")
+        r.correlation.to_csv(out / "similarity_correlation.csv")
+        plot_similarity(r.correlation, r.interference, r.similarity, out / "figure7_similarity.png")
+        report["similarity_correlation"] = {"mean_spearman": r.correlation["spearman"].mean(),
+                                            "per_language": r.correlation["spearman"].to_dict()}
     report["files"] = sorted(path.name for path in out.iterdir() if path.suffix in (".csv", ".png")) + ["report.json"]
     report = _plain(report)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -206,21 +206,23 @@ def write_card(folder, losses, summary, report, settings, num_runs, repo_id=None
     card.save(folder / "README.md")
 
 
-def write_dataset_folder(out_dir, losses, results, settings, allow_incomplete=False, similarity=None, repo_id=None):
+def write_dataset_folder(out_dir, losses, results, settings, allow_incomplete=False, similarity=None, repo_id=None,
+                         computed=None):
     """Write the folder `publish_dataset` uploads: `interference/`, `languages/` and `runs/` parquet configs,
     `analysis/` (every table, figure and report.json of `interference_analysis.analyse`) and README.md.
 
     `losses` is the loss matrix L (`interference_analysis.loss_matrix`), `results` the sweep's result rows, `settings`
-    the sweep's settings (shown in the card). A matrix with missing cells is refused, before anything is written,
+    the sweep's settings (shown in the card); `computed`: the `InterferenceResults` of L when the caller has them
+    (computed from L here otherwise, once). A matrix with missing cells is refused, before anything is written,
     unless `allow_incomplete`. The folder is built aside and swapped in whole: no stale file survives a rewrite.
     Returns the analysis report."""
     import shutil
     import tempfile
 
-    from .interference_analysis import analyse, interference_matrix, language_summary, missing_cells
+    from .interference_analysis import InterferenceResults, analyse
 
-    interference = interference_matrix(losses)
-    missing = missing_cells(losses)
+    computed = computed or InterferenceResults.compute(losses, similarity)
+    interference, missing = computed.interference, computed.missing
     if missing and not allow_incomplete:
         raise _incomplete_error(missing, "The interference matrix", "cells of the loss matrix")
     runs = runs_rows(results, list(losses.index))
@@ -229,8 +231,8 @@ def write_dataset_folder(out_dir, losses, results, settings, allow_incomplete=Fa
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        report = analyse(losses, staging / "analysis", similarity)
-        summary = language_summary(losses, interference)
+        report = analyse(computed, staging / "analysis")
+        summary = computed.summary
         _write_table(staging / "interference", interference_rows(losses, interference))
         _write_table(staging / "languages", _records(summary))
         _write_table(staging / "runs", runs)
