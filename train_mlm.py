@@ -52,7 +52,13 @@ def main(argv=None):
     except ValueError as error:
         print(f"train_mlm.py: error: {error}", file=sys.stderr)
         return 2
-    result = trainer.train()
+    from mol_toolkit.mlm_training import TrainingDiverged
+
+    try:
+        result = trainer.train()
+    except (ValueError, TrainingDiverged) as error:  # a checkpoint that cannot be written or read, a NaN loss
+        print(f"train_mlm.py: error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, ValueError) else 3
     if trainer.is_main:
         losses = ", ".join(f"{k} {v:.3f}" for k, v in result["devtest_loss"].items())
         print(f"Done: {result['steps']} steps; devtest MLM loss {losses}; outputs in {config.output_dir}")

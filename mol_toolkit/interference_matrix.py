@@ -56,7 +56,8 @@ def check_interference_values(rows, source, codes):
         value, raw = values[index], rows.at[index, "interference"]
         if raw is None or (isinstance(raw, float) and np.isnan(raw)) or not np.isfinite(value) or isinstance(raw, (str, bool)):
             pair = (rows.at[index, "language"], rows.at[index, "added_language"])
-            raise ValueError(f"The interference matrix {source} has the value {raw!r} for {pair}: every value must be "
+            shown = repr(raw) if isinstance(raw, str) or raw is None else float(raw)
+            raise ValueError(f"The interference matrix {source} has the value {shown} for {pair}: every value must be "
                              "a finite number (a missing pair is a missing row, not NaN).")
     for pair, group in rows.assign(value=values).groupby(["language", "added_language"]):
         if group["value"].nunique() > 1:

@@ -247,6 +247,7 @@ class LanguageBatchSampler:
         self.group_of_language = list(group_of_language)
         self.cursors = [0] * len(self.sizes)
         self._epochs = {}
+        self._drawn = None  # (step, the step's global batch): the micro-batches of one step share one draw
 
     def state_dict(self):
         return {"cursors": list(self.cursors)}
@@ -256,6 +257,7 @@ class LanguageBatchSampler:
             raise ValueError(f"The checkpoint's sampler covers {len(state['cursors'])} languages, this run "
                              f"{len(self.sizes)}: resume with the same languages.")
         self.cursors = list(state["cursors"])
+        self._drawn = None
 
     def _order(self, language, epoch):
         key = (language, epoch)
@@ -264,6 +266,17 @@ class LanguageBatchSampler:
             rng = np.random.default_rng([self.seed, language, epoch])
             self._epochs[key] = rng.permutation(self.sizes[language])
         return self._epochs[key]
+
+    def _draw(self, step):
+        total = self.sentences_per_device * self.world_size
+        rng = np.random.default_rng([self.seed, 7, step])
+        languages = rng.choice(len(self.sizes), size=total, p=self.probabilities)
+        picked = [None] * total
+        for language in np.unique(languages):
+            where = np.flatnonzero(languages == language)
+            for slot, index in zip(where, self._take(int(language), len(where))):
+                picked[slot] = (int(language), index)
+        return picked
 
     def _take(self, language, count):
         indices = []
@@ -274,15 +287,12 @@ class LanguageBatchSampler:
         return indices
 
     def next_batch(self, step, rank):
-        """This rank's (language, index) pairs of step `step`, ordered by group then language; advances all cursors."""
-        total = self.sentences_per_device * self.world_size
-        rng = np.random.default_rng([self.seed, 7, step])
-        languages = rng.choice(len(self.sizes), size=total, p=self.probabilities)
-        picked = [None] * total
-        for language in np.unique(languages):
-            where = np.flatnonzero(languages == language)
-            for slot, index in zip(where, self._take(int(language), len(where))):
-                picked[slot] = (int(language), index)
+        """Slot `rank`'s (language, index) pairs of step `step`, ordered by group then language. The first call for
+        a step draws the step's global batch and advances all cursors; other slots of the same step (a process's
+        accumulation micro-batches) take their part of that draw."""
+        if self._drawn is None or self._drawn[0] != step:
+            self._drawn = (step, self._draw(step))
+        picked = self._drawn[1]
         mine = picked[rank * self.sentences_per_device:(rank + 1) * self.sentences_per_device]
         return sorted(mine, key=lambda pair: (self.group_of_language[pair[0]], pair[0]))
 

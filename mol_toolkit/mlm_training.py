@@ -238,13 +238,15 @@ class MLMTrainer:
         self.model_config = model_config(config, self.tokenizer, self.codes, self.groups)
         if config.push_to_hub and self.is_main:
             check_hub_access(config.push_to_hub)
+        self.checkpoints = CheckpointManager(self.output_dir, context, config.keep_checkpoints)
+        if config.resume and config.resume != "latest":
+            self.checkpoints.resolve(config.resume)  # an explicit checkpoint must exist and be complete
         self.folder = RunFolder(self.output_dir, config.to_dict(), is_main=self.is_main)
         self.folder.check(config.resume, config.overwrite)  # read-only: refuse before the data work
         with context.main_process_first():
             self.data = RunData(config, self.tokenizer, self.codes)
         # Only now is anything written into the run folder: the lock first, then the checks again under it.
         self.folder.acquire(config.resume, config.overwrite)
-        self.checkpoints = CheckpointManager(self.output_dir, context, config.keep_checkpoints)
         self.checkpoints.remove_leftovers()
         self.metrics = MetricsLog(self.output_dir, context, self.accelerator, config.trackers, show_progress, on_step)
         self.group_of_language = self.model_config.language_to_group()

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 
 CHECKPOINT = re.compile(r"^step-(\d+)$")
@@ -23,6 +24,14 @@ MANIFEST = "manifest.json"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with the path and why."""
+
+
+def _first_line(error):
+    """The innermost OS error's message of a (wrapped) checkpoint failure."""
+    for line in reversed(str(error).splitlines()):
+        if "Error" in line:
+            return line.strip()
+    return type(error).__name__
 
 
 def file_digest(path):
@@ -120,10 +129,11 @@ class CheckpointManager:
                 partial.rename(final)
                 for old in self.all()[: -self.keep]:
                     shutil.rmtree(old, ignore_errors=True)
-        except OSError as error:
+        except (OSError, CheckpointException) as error:
             if self.context.is_main:
                 shutil.rmtree(partial, ignore_errors=True)
-            raise CheckpointError(f"Could not write the checkpoint {final} ({error.strerror or error}): free space "
+            reason = getattr(error, "strerror", None) or _first_line(error)
+            raise CheckpointError(f"Could not write the checkpoint {final} ({reason}): free space "
                                   f"under {self.folder} or lower keep_checkpoints; the previous checkpoints are "
                                   "untouched.") from error
         self.context.barrier()

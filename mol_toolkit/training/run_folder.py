@@ -19,12 +19,12 @@ from pathlib import Path
 LOCK = "run.lock"
 HOLDER = "run.lock.json"
 RECORD = "run_config.json"
-# Settings that may change when a run is resumed: how long it runs, how it reports, where it caches, how it computes
-# (kernels, threads); never what it trains or on what.
+# Settings that may change when a run is resumed: how long it runs, how it reports, where it lives and caches (a
+# folder may be moved), how it computes (kernels, threads); never what it trains or on what.
 MAY_CHANGE_ON_RESUME = frozenset({
     "max_steps", "resume", "overwrite", "trackers", "log_every", "eval_every", "eval_sentences", "checkpoint_every",
     "checkpoint_at_end", "keep_checkpoints", "export", "push_to_hub", "license", "run_name", "threads",
-    "grouped_gemm_backend", "attn_implementation", "cache_dir",
+    "grouped_gemm_backend", "attn_implementation", "cache_dir", "output_dir",
 })
 
 
