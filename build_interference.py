@@ -172,6 +172,9 @@ def publish(args):
 
 
 def main(argv=None):
+    from mol_toolkit.training.parallelism import die_with_launcher
+
+    die_with_launcher()
     args = parse_args(argv)
     try:
         return {"run": run, "analyse": analyse, "publish": publish}[args.command](args)

@@ -40,6 +40,9 @@ def print_dry_run(plan):
 
 
 def main(argv=None):
+    from mol_toolkit.training.parallelism import die_with_launcher
+
+    die_with_launcher()
     config_path, dry, overrides = parse_args(argv)
     try:
         config = load_run_config(config_path, overrides)

@@ -58,7 +58,8 @@ def mol_model(size, num_groups, layout, device, dtype):
     groups = {f"g{g:02d}": [code] for g, code in enumerate(languages)} if layout != "dense" else {}
     config = MoLConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                        intermediate_size=ffn, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                       languages=languages, language_groups=groups, group_layers=layout)
+                       languages=languages, language_groups=groups, group_layers=layout,
+                       sparse_prediction=True)  # as train_mlm.py trains: MLM logits at the masked positions only
     return MoLForMaskedLM(config).to(device=device, dtype=dtype)
 
 

@@ -186,10 +186,12 @@ class Sweep:
             if progress is not None:
                 progress.set_postfix(done=done_before + position, running=run_id(job), left=len(todo) - position)
 
-                def on_step(step, loss, tokens_per_s, job=job):
-                    progress.set_postfix(running=run_id(job), step=f"{step}/{self.base.max_steps}",
-                                         loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
-                    progress.refresh()
+                def on_step(step, loss, tokens_per_s, job=job, shown=[0.0]):
+                    now = time.monotonic()
+                    if now - shown[0] >= 0.5 or step == self.base.max_steps:  # at most two redraws a second
+                        shown[0] = now
+                        progress.set_postfix(running=run_id(job), step=f"{step}/{self.base.max_steps}",
+                                             loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
             started = time.perf_counter()
             rows = self.run_job(job, shard_label, device, on_step)
             wall += time.perf_counter() - started

@@ -127,6 +127,42 @@ def test_malformed_yaml_is_reported_with_its_line(tmp_path):
     assert re.search(r"is not valid YAML \(line 2, column \d+\)", result.stderr), result.stderr
 
 
+def test_push_to_hub_without_a_usable_token_is_refused_before_the_first_step(tmp_path, cache):
+    from hub_server import free_port
+
+    no_hub = env(HF_ENDPOINT=f"http://127.0.0.1:{free_port()}", HF_HOME=str(tmp_path / "hf-home"))
+    no_hub.pop("HF_TOKEN", None)
+    result = run(TRAIN + tiny_flags(tmp_path / "run", cache, "--push-to-hub", "mol-org/never"), env=no_hub)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "push_to_hub='mol-org/never' needs a Hub token with write access" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_killing_the_launchers_process_group_leaves_no_worker(tmp_path, cache):
+    import time
+
+    out = tmp_path / "killed"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(PROJECT / "train_mlm.py")]
+    process = subprocess.Popen(launch + tiny_flags(out, cache, "--max-steps", "400", "--checkpoint-every", "2"),
+                               env=env(ACCELERATE_USE_CPU="true"), cwd=PROJECT, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not list((out / "checkpoints").glob("step-*[0-9]")) and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(1.0)
+    survivors = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+    assert not survivors, f"workers still training: {survivors}"
+    from filelock import FileLock
+
+    lock = FileLock(str(out / "run.lock"))  # the killed run's lock died with it: a resume can take the folder
+    lock.acquire(timeout=0)
+    lock.release()
+
+
 def test_paths_that_cannot_be_written_are_refused(tmp_path, cache):
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")

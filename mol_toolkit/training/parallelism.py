@@ -69,6 +69,24 @@ class ProcessContext:
             self.barrier()
 
 
+def die_with_launcher():
+    """Under a launcher (accelerate launch / torchrun start each worker in a session of its own), ask Linux to kill
+    this worker when its launcher dies: killing the launcher's process group then leaves no worker training on."""
+    import ctypes
+    import signal
+    import sys
+
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() == 1:  # the launcher died before the request was made
+        os._exit(1)
+
+
 def resolve_strategy(requested, context):
     if requested not in STRATEGIES:
         raise ValueError(f"strategy {requested!r} is not valid: use one of {list(STRATEGIES)}.")
