@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -190,6 +191,33 @@ def tokenizer_fingerprint(tokenizer):
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+_PARTIAL = re.compile(r"^\..+-pid(\d+)-[^/]+$")
+
+
+def remove_dead_partials(cache_dir):
+    """Temporary tokenization folders whose writer process is gone (a killed run); a live writer's are kept."""
+    folder = Path(os.path.expanduser(cache_dir))
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        match = _PARTIAL.match(entry.name)
+        if match and entry.is_dir() and not _alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def tokenized_language(lang, split, sources, tokenizer, max_length, cache_dir, max_sentences=None,
                        min_sentences=None, deduplicate=True):
     """The tokenized sentences of one language and split (a datasets.Dataset with `input_ids`), built once and kept
@@ -211,7 +239,7 @@ def tokenized_language(lang, split, sources, tokenizer, max_length, cache_dir, m
     dataset = Dataset.from_dict({"input_ids": encoded})
     # Written beside the final folder and renamed: a killed run never leaves a half-written cache behind.
     folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-pid{os.getpid()}-", dir=folder.parent))
     dataset.save_to_disk(str(partial))
     try:
         partial.rename(folder)

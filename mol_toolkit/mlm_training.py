@@ -244,6 +244,8 @@ class MLMTrainer:
         self.folder = RunFolder(self.output_dir, config.to_dict(), is_main=self.is_main)
         self.folder.check(config.resume, config.overwrite)  # read-only: refuse before the data work
         with context.main_process_first():
+            if context.is_main:
+                mlm_data.remove_dead_partials(config.cache_dir)  # a killed run's half-written tokenizations
             self.data = RunData(config, self.tokenizer, self.codes)
         # Only now is anything written into the run folder: the lock first, then the checks again under it.
         self.folder.acquire(config.resume, config.overwrite)

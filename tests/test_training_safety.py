@@ -246,6 +246,18 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     assert explicit.returncode == 2 and "is not a usable checkpoint" in explicit.stderr and "truncated" in explicit.stderr
 
 
+def test_a_killed_runs_temporary_tokenization_is_removed_and_a_live_ones_kept(tmp_path):
+    from mol_toolkit.mlm_data import remove_dead_partials
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = tmp_path / f".eng_Latn-train-0123456789abcdef-pid{dead.stdout.strip()}-x1y2"
+    live = tmp_path / f".eng_Latn-train-0123456789abcdef-pid{os.getpid()}-z3w4"
+    for folder in (gone, live):
+        (folder / "data").mkdir(parents=True)
+    assert remove_dead_partials(tmp_path) == [gone]
+    assert not gone.exists() and live.exists()
+
+
 def test_a_full_disk_is_an_error_naming_the_checkpoint_and_no_checkpoint_looks_complete(tmp_path, cache, finished_run):
     out = tmp_path / "full-disk"
 
