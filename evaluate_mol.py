@@ -1,12 +1,15 @@
 """The papers' evaluation of any encoder: MTEB with mean pooling, each text routed by its language, the papers'
-averaging, several models side by side.
+averaging, several models side by side; and the LID probe that chooses the group-specific blocks.
 
     python evaluate_mol.py mteb --model runs/tiny_udhr/model --model FacebookAI/xlm-roberta-large \
         --model google-bert/bert-base-multilingual-cased --tasks mol-table11 --output-dir runs/eval
+    python evaluate_mol.py lid-probe --model runs/dense/model --languages eng_Latn,fra_Latn,rus_Cyrl --output-dir runs/lid
+    python evaluate_mol.py lid-probe --preset paper --model my-org/dense-baseline --output-dir runs/lid-paper
 """
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_mteb_arguments(parser):
@@ -52,13 +55,85 @@ def run_mteb(args):
     print(f"Results in {args.output_dir} (results.md, summary.json)")
 
 
+def add_lid_probe_arguments(parser):
+    parser.add_argument("--model", required=True, help="The (dense) encoder to probe: a MoL bundle folder, a Hub repo "
+                        "id or any transformers encoder.")
+    parser.add_argument("--preset", choices=["udhr", "paper"], default="udhr",
+                        help="udhr (default): the shipped UDHR sample's train and devtest splits, offline; paper: "
+                        "FLORES-200 dev to fit and devtest to score (FLORES+ on the Hub, gated), 92.3%%, mol-90.")
+    parser.add_argument("--languages", help="A preset (mol-30, mol-90, interference-83) or comma-separated codes "
+                        "(default: the preset's; for udhr, the model's languages or the tiny demo's six).")
+    parser.add_argument("--train-data", help="The split the classifiers are fitted on: a path or a mapping as in "
+                        "train_mlm.py ('{lang}' is the code, '{flores_plus}' its FLORES+ name), YAML flow syntax.")
+    parser.add_argument("--test-data", help="The split they are scored on (same form).")
+    parser.add_argument("--threshold", type=float, help="LID accuracy at or above which a block is group-specific "
+                        "(default: the paper's 0.923).")
+    parser.add_argument("--max-sentences", type=int, help="At most this many sentences per language and split.")
+    parser.add_argument("--base-config", help="A train_mlm.py run config the YAML snippet inherits (`base:`), so that "
+                        "`train_mlm.py --config D/lid_probe.yaml` trains the chosen layout.")
+    parser.add_argument("--output-dir", required=True, help="Where lid_probe.json, lid_probe.png and lid_probe.yaml go.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an earlier probe in --output-dir.")
+    parser.add_argument("--batch-size", type=int, default=32, help="Texts per forward pass (default 32).")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16.")
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+
+
+def run_lid_probe(args):
+    import yaml
+
+    from mol_toolkit.evaluation import lid_probe
+    from mol_toolkit.evaluation.encoder import SentenceEncoder
+    from mol_toolkit.languages import resolve_languages
+
+    preset = lid_probe.PRESETS[args.preset]
+    threshold = lid_probe.check_threshold(preset["threshold"] if args.threshold is None else args.threshold)
+    if args.max_sentences is not None and args.max_sentences < 1:
+        raise ValueError(f"--max-sentences must be at least 1, got {args.max_sentences}.")
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output-dir {args.output_dir!r} is a file, not a folder.")
+    if (out / "lid_probe.json").exists() and not args.overwrite:
+        raise ValueError(f"{out} already holds a probe (lid_probe.json): pass --overwrite or another --output-dir.")
+    if args.base_config is not None and not Path(args.base_config).is_file():
+        raise ValueError(f"--base-config {args.base_config!r} does not exist.")
+    encoder = SentenceEncoder(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                              show_progress_bar=not args.no_progress)
+    spec = args.languages or preset["languages"] or encoder.languages or \
+        ["eng_Latn", "deu_Latn", "fra_Latn", "spa_Latn", "rus_Cyrl", "arb_Arab"]
+    codes = resolve_languages(spec)
+    if len(codes) < 2:
+        raise ValueError(f"A language-identification probe needs at least two languages, got {codes}.")
+    if encoder.routes:
+        unknown = [code for code in codes if code not in encoder.languages]
+        if unknown:
+            raise ValueError(f"{args.model!r} routes by language and does not know {unknown}: it knows {encoder.languages}.")
+        print(f"warning: {args.model!r} has group-specific blocks; the paper probes the dense baseline, whose layers "
+              "carry no routing by language.", file=sys.stderr)
+    sources = {split: yaml.safe_load(given) if given else preset[f"{split}_data"]
+               for split, given in (("train", args.train_data), ("test", args.test_data))}
+    texts = {split: lid_probe.read_probe_texts(source, codes, f"{split} data", args.max_sentences)
+             for split, source in sources.items()}
+    accuracy, seconds = lid_probe.run_probe(encoder, codes, texts["train"], texts["test"])
+    group_layers, layout = lid_probe.choose_group_layers(accuracy, threshold)
+    result = lid_probe.ProbeResult(codes, accuracy, threshold, group_layers, layout, seconds)
+    lid_probe.write_outputs(result, out, encoder.config.num_hidden_layers, args.base_config)
+    print(f"One forward pass per sentence for all {len(accuracy)} layer outputs: {seconds['sentences']} sentences in "
+          f"{seconds['forward']:.1f} s; {len(accuracy)} classifiers in {seconds['classifiers']:.1f} s.")
+    print("LID accuracy per layer output (emb, then blocks 0..): " + " ".join(f"{a:.3f}" for a in accuracy))
+    print(f"Group-specific blocks at >= {threshold:.3f}: {group_layers or 'none'} (layout {layout}). "
+          f"Wrote {out / 'lid_probe.json'}, lid_probe.png, lid_probe.yaml.")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     add_mteb_arguments(commands.add_parser("mteb", help="MTEB tasks, the papers' way."))
+    add_lid_probe_arguments(commands.add_parser("lid-probe", help="The LID probe that chooses the group-specific "
+                                                "blocks (Mixture of Languages, Section 3.5, Figure 3)."))
     args = parser.parse_args(argv)
     try:
-        run_mteb(args)
+        run_lid_probe(args) if args.command == "lid-probe" else run_mteb(args)
     except ValueError as error:
         print(f"evaluate_mol.py: error: {error}", file=sys.stderr)
         return 2

@@ -25,6 +25,8 @@ GROUP_LAYOUTS = ("stacked", "interleaved", "lid", "dense", "all")
 GROUPED_GEMM_BACKENDS = ("auto", "hub_kernel", "grouped_mm", "loop")
 CLASSIFIER_POOLINGS = ("cls", "mean")
 _LID_SIZES = re.compile(r"^lid[:\-](\d+)-(\d+)-(\d+)$")
+_EXPLICIT_SIZES = re.compile(r"^(?:lid:)?((?:\s*(?:first|shared|last)\s*=\s*\d+\s*,?)+)$")
+_BARE_SIZES = re.compile(r"^(\d+)[-:,](\d+)[-:,](\d+)$")
 
 
 def resolve_group_layers(layout, num_hidden_layers):
@@ -32,8 +34,11 @@ def resolve_group_layers(layout, num_hidden_layers):
 
     - `stacked`: a quarter of the blocks at each end (the paper's 6-12-6 of 24);
     - `interleaved`: every other block, starting with a group block;
-    - `lid:a-b-c`: a group blocks, b shared, c group blocks (the paper's LID-based 6-9-9); plain `lid` is 6-9-9
-      and so only valid for 24 blocks;
+    - `lid:a-b-c`: counted from the input side: the first a blocks group-specific, then b shared, then the last c
+      group-specific (the paper's LID-based 6-9-9: blocks 0-5 and 15-23 of 24). The paper's Figure 1 letters run
+      the other way (its "a=9, b=9, c=6" is this 6-9-9). Plain `lid` is 6-9-9 and so only valid for 24 blocks;
+    - `first=a,shared=b,last=c` (or `lid:first=a,shared=b,last=c`): the same, with the direction in the words;
+      a bare `a-b-c` could be read either way and is refused;
     - `dense`: none; `all`: every block.
     """
     n = num_hidden_layers
@@ -67,6 +72,16 @@ def resolve_group_layers(layout, num_hidden_layers):
         return list(range(0, n, 2))
     if layout == "lid":
         layout = "lid:6-9-9"
+    if _BARE_SIZES.match(layout.strip()):
+        a, b, c = _BARE_SIZES.match(layout.strip()).groups()
+        raise ValueError(
+            f"group_layers={layout!r} could be read from the input side or, as the paper's Figure 1 letters run, from "
+            f"the output side: write 'lid:{a}-{b}-{c}' (first {a} blocks group-specific, counted from the input) or "
+            f"'first={a},shared={b},last={c}'."
+        )
+    explicit = _EXPLICIT_SIZES.match(layout.strip())
+    if explicit:
+        layout = _explicit_to_lid(layout, explicit.group(1))
     match = _LID_SIZES.match(layout)
     if match:
         a, b, c = (int(size) for size in match.groups())
@@ -107,6 +122,34 @@ def _check_sizes(**sizes):
         low = 0 if name == "num_hidden_layers" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+
+
+def _explicit_to_lid(layout, body):
+    """'first=a,shared=b,last=c' (each once) -> 'lid:a-b-c'."""
+    sizes = {}
+    for part in filter(None, (piece.strip() for piece in body.split(","))):
+        name, value = (item.strip() for item in part.split("="))
+        if name in sizes:
+            raise ValueError(f"group_layers={layout!r} gives {name} twice.")
+        sizes[name] = int(value)
+    missing = [name for name in ("first", "shared", "last") if name not in sizes]
+    if missing:
+        raise ValueError(f"group_layers={layout!r} lacks {missing}: give first=a,shared=b,last=c.")
+    return f"lid:{sizes['first']}-{sizes['shared']}-{sizes['last']}"
+
+
+def layout_name(group_layers, num_hidden_layers):
+    """'lid:a-b-c' when `group_layers` are one prefix and one suffix of the blocks (a, c >= 0, a + c >= 1), else None."""
+    layers, n = sorted(group_layers), num_hidden_layers
+    if not layers:
+        return None
+    first = 0
+    while first < n and first in layers:
+        first += 1
+    last = len(layers) - first
+    if last < 0 or layers != list(range(first)) + list(range(n - last, n)):
+        return None
+    return f"lid:{first}-{n - first - last}-{last}"
 
 
 class MoLConfig(PretrainedConfig):

@@ -164,9 +164,17 @@ class SentenceEncoder:
         order = sorted(range(len(lengths)), key=lambda i: (groups[i], -lengths[i], i))
         return [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
 
-    @torch.inference_mode()
     def encode(self, texts, languages=None):
         """(len(texts), hidden) float32 embeddings, in the order of `texts`."""
+        return self._encode(texts, languages, all_layers=False)
+
+    def encode_layers(self, texts, languages=None):
+        """(layer outputs, len(texts), hidden) float32: the mean-pooled output of the embeddings and of every block,
+        the embeddings first, from one forward pass per batch for all layers together."""
+        return self._encode(texts, languages, all_layers=True)
+
+    @torch.inference_mode()
+    def _encode(self, texts, languages, all_layers):
         from tqdm.auto import tqdm
 
         if isinstance(texts, str):
@@ -176,7 +184,8 @@ class SentenceEncoder:
         if bad:
             raise ValueError(f"Texts must be strings: item {bad[0]} is {type(texts[bad[0]]).__name__}.")
         lang_ids = self._lang_ids(languages, len(texts))
-        output = np.zeros((len(texts), self.embedding_dim), dtype=np.float32)
+        shape = (len(texts), self.embedding_dim)
+        output = np.zeros((self.config.num_hidden_layers + 1, *shape) if all_layers else shape, dtype=np.float32)
         if not texts:
             return output
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
@@ -192,8 +201,13 @@ class SentenceEncoder:
             inputs = dict(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device))
             if lang_ids is not None:
                 inputs["lang_ids"] = torch.tensor([lang_ids[i] for i in batch], device=self.device)
-            hidden = self.model(**inputs).last_hidden_state.float()
-            output[batch] = mean_pool(hidden, inputs["attention_mask"]).cpu().numpy()
+            if all_layers:
+                layers = self.model(**inputs, output_hidden_states=True).hidden_states
+                for index, hidden in enumerate(layers):
+                    output[index, batch] = mean_pool(hidden.float(), inputs["attention_mask"]).cpu().numpy()
+            else:
+                hidden = self.model(**inputs).last_hidden_state.float()
+                output[batch] = mean_pool(hidden, inputs["attention_mask"]).cpu().numpy()
         return output
 
 
