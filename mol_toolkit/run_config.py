@@ -33,8 +33,9 @@ class RunConfig:
     language_groups: object = _key("paper", "Groups: 'paper' (the paper's groups for a mol-30/mol-90 run), "
                                    "'per-language' (the language-specific topline), 'single' (one group), a mapping "
                                    "group -> codes, or a groups.json written by group_languages.py.", "model")
-    group_layers: object = _key("dense", "Group-specific blocks: stacked, interleaved, lid / lid:a-b-c, dense, all, "
-                                "or a list of block indices.", "model")
+    group_layers: object = _key("dense", "Group-specific blocks: stacked, interleaved, lid / lid:a-b-c (the first a "
+                                "blocks, b shared, the last c: counted from the input side; also written "
+                                "first=a,shared=b,last=c), dense, all, or a list of block indices.", "model")
     vocab_size: object = _key(None, "Vocabulary size; null takes the tokenizer's size.", "model")
     hidden_size: int = _key(1024, "Hidden size (XLM-R large: 1024).", "model")
     num_hidden_layers: int = _key(24, "Number of blocks (XLM-R large: 24).", "model")
