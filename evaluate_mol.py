@@ -110,8 +110,12 @@ def run_lid_probe(args):
             raise ValueError(f"{args.model!r} routes by language and does not know {unknown}: it knows {encoder.languages}.")
         print(f"warning: {args.model!r} has group-specific blocks; the paper probes the dense baseline, whose layers "
               "carry no routing by language.", file=sys.stderr)
-    sources = {split: yaml.safe_load(given) if given else preset[f"{split}_data"]
-               for split, given in (("train", args.train_data), ("test", args.test_data))}
+    sources = {}
+    for split, given in (("train", args.train_data), ("test", args.test_data)):
+        try:
+            sources[split] = yaml.safe_load(given) if given else preset[f"{split}_data"]
+        except yaml.YAMLError as error:
+            raise ValueError(f"--{split}-data {given!r} is not a path or a YAML mapping: {error}") from None
     texts = {split: lid_probe.read_probe_texts(source, codes, f"{split} data", args.max_sentences)
              for split, source in sources.items()}
     accuracy, seconds = lid_probe.run_probe(encoder, codes, texts["train"], texts["test"])
