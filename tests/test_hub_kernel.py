@@ -244,6 +244,46 @@ def test_triton_kernels_without_bias_or_weight_gradient(triton_kernel):
     assert weight.grad is None
 
 
+BAD_OFFSETS = {"past the rows": [3, 9, 40], "decreasing": [6, 2, 8], "negative": [-4, 3, 8]}
+
+
+@pytest.mark.parametrize("bad", list(BAD_OFFSETS))
+def test_triton_kernels_never_touch_memory_past_the_rows_whatever_the_offsets(triton_kernel, bad):
+    """Offsets past the rows (or decreasing): the forward/dx kernel writes no row past its output (a guard region
+    after it keeps its sentinel) and the dW kernel reads no row past its input (NaN rows after it stay unread)."""
+    gemm = triton_kernel.triton_grouped_gemm
+    rows, guard, in_features, out_features = 10, 16, 32, 16
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.full((rows + guard, in_features), float("nan"))
+    inputs[:rows] = torch.randn(rows, in_features, generator=generator)
+    x = inputs[:rows]
+    weight = torch.randn(3, in_features, out_features, generator=generator)
+    offsets = torch.tensor(BAD_OFFSETS[bad], dtype=torch.int32)
+    buffer = torch.full((rows + guard, out_features), 12345.0)
+    out, _ = gemm.grouped_matmul(x, weight, (weight.stride(0), weight.stride(1), weight.stride(2)), out_features,
+                                 None, offsets, x.dtype, out=buffer[:rows])
+    assert torch.all(buffer[rows:] == 12345.0), "the forward kernel wrote past its output"
+    # The clamped offsets are what the PyTorch reference computes too.
+    ranges = triton_kernel.reference.group_row_ranges(offsets, rows)
+    for g, (start, end) in enumerate(ranges):
+        if end > start and bad != "decreasing":  # decreasing offsets overlap groups: only the bounds are asserted
+            torch.testing.assert_close(out[start:end], x[start:end] @ weight[g], atol=1e-4, rtol=1e-4)
+    dy = torch.randn(rows, out_features, generator=generator)
+    dw, db = gemm.grouped_weight_grad(x, dy, offsets, tuple(weight.shape), weight.dtype, True)
+    assert torch.isfinite(dw).all() and torch.isfinite(db).all(), "the dW kernel read past its input"
+    for g, (start, end) in enumerate(ranges):
+        torch.testing.assert_close(dw[g], x[start:end].T @ dy[start:end], atol=1e-4, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="offsets must be non-decreasing cumulative row ends in 0..10"):
+        triton_kernel.grouped_linear(x, weight, None, offsets)  # the op itself refuses them
+
+
+def test_cpu_variant_refuses_bad_offsets(cpu_kernel):
+    x, weight = torch.randn(10, 32), torch.randn(3, 32, 16)
+    for bad in BAD_OFFSETS.values():
+        with pytest.raises(RuntimeError, match="offsets must be non-decreasing cumulative row ends"):
+            cpu_kernel.grouped_linear(x, weight, None, torch.tensor(bad, dtype=torch.int32))
+
+
 def test_triton_kernels_use_no_host_synchronisation(triton_kernel):
     """Group sizes are read by the kernels themselves: no `.tolist()`/`.item()` on the offsets."""
     x, weight, b, offsets, grad = operands([2, 0, 3], 16, 16, torch.float32)

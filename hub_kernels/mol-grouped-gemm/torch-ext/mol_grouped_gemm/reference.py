@@ -19,10 +19,28 @@ import torch.nn.functional as F
 ACTIVATIONS = ("none", "gelu")
 
 
-def group_row_ranges(offsets):
-    """[(start, end)] per group, read on the host."""
+def check_offsets(offsets, num_rows):
+    """Offsets must start at 0 or more, never decrease and end at most at the row count. Checked on the device
+    without a host synchronisation (`torch._assert_async`: an error at once on the CPU, a device-side assert on
+    CUDA); the kernels and this reference also clamp them, so bad offsets can never touch memory past the rows."""
+    if offsets.numel() == 0:
+        return
+    steps = torch.diff(offsets, prepend=offsets.new_zeros(1))
+    valid = (steps >= 0).all() & (offsets[-1] <= num_rows)
+    torch._assert_async(valid, f"grouped_linear: offsets must be non-decreasing cumulative row ends in 0..{num_rows}")
+
+
+def group_row_ranges(offsets, num_rows=None):
+    """[(start, end)] per group, read on the host; clamped into [0, num_rows] as the kernels clamp them."""
     ends = offsets.tolist()
-    return list(zip([0] + ends[:-1], ends))
+    ranges = list(zip([0] + ends[:-1], ends))
+    if num_rows is None:
+        return ranges
+    clamped = []
+    for start, end in ranges:
+        end = min(max(end, 0), num_rows)
+        clamped.append((min(max(start, 0), end), end))
+    return clamped
 
 
 def gelu(preact):
@@ -40,8 +58,9 @@ def gelu_grad(grad, preact):
 
 def forward(x, weight, bias, offsets, activation):
     """(out, preact): preact is the pre-activation output kept for the backward (empty without activation)."""
+    check_offsets(offsets, x.shape[0])
     out = x.new_zeros(x.shape[0], weight.shape[2], dtype=torch.float32)
-    for g, (start, end) in enumerate(group_row_ranges(offsets)):
+    for g, (start, end) in enumerate(group_row_ranges(offsets, x.shape[0])):
         rows = x[start:end].float() @ weight[g].float()
         out[start:end] = rows if bias is None else rows + bias[g].float()
     if activation == "none":
@@ -56,7 +75,8 @@ def backward(grad_out, x, weight, offsets, preact, activation, has_bias, needs_i
     dx = torch.zeros(x.shape, dtype=torch.float32, device=x.device) if needs_input_grad else None
     dweight = torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if needs_weight_grad else None
     dbias = torch.zeros(weight.shape[0], weight.shape[2], dtype=torch.float32, device=x.device) if has_bias else None
-    for g, (start, end) in enumerate(group_row_ranges(offsets)):
+    check_offsets(offsets, x.shape[0])
+    for g, (start, end) in enumerate(group_row_ranges(offsets, x.shape[0])):
         rows_grad = grad[start:end]
         if dx is not None:
             dx[start:end] = rows_grad @ weight[g].float().T

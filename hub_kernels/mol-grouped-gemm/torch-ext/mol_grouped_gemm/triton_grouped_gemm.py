@@ -74,11 +74,15 @@ def _row_tile(offsets_ptr, num_groups, num_rows, tile, BLOCK_M: tl.constexpr, GR
     """The `tile`-th row tile: (group, in_group, first row, end row).
 
     Groups own tiles in order, cdiv(size, BLOCK_M) each; tiles after them cover the rows past the last offset
-    (in_group false). The group index is clamped into range so that pointer arithmetic stays in bounds."""
+    (in_group false). The group index is clamped into range so that pointer arithmetic stays in bounds, and the
+    offsets into [0, num_rows] (a decreasing pair gives an empty group): offsets past the rows, which the op
+    refuses, can never make a program write past the output."""
     idx = tl.arange(0, GROUPS_POW2)
     valid = idx < num_groups
     ends = tl.load(offsets_ptr + idx, mask=valid, other=0)
     starts = tl.load(offsets_ptr + idx - 1, mask=valid & (idx > 0), other=0)
+    ends = tl.minimum(tl.maximum(ends, 0), num_rows)
+    starts = tl.minimum(tl.maximum(starts, 0), ends)
     tiles = tl.where(valid, (ends - starts + BLOCK_M - 1) // BLOCK_M, 0)
     tile_ends = tl.cumsum(tiles, 0)
     group = tl.sum((tile_ends <= tile).to(tl.int32), 0)
@@ -171,7 +175,7 @@ _grouped_matmul_tuned = triton.autotune(configs=_matmul_configs(), key=_MATMUL_T
 @triton.jit
 def _grouped_weight_grad_kernel(
     x_ptr, dy_ptr, dw_ptr, db_ptr, offsets_ptr, order_ptr,
-    K, N, num_groups,
+    num_rows, K, N, num_groups,
     stride_xm, stride_xk, stride_dym, stride_dyn, stride_dwg, stride_dwk, stride_dwn, stride_db_g,
     HAS_DBIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -184,8 +188,9 @@ def _grouped_weight_grad_kernel(
     group = tl.load(order_ptr + pid // tiles_per_group)  # largest groups first
     tile_k = (pid % tiles_per_group) // tiles_n
     tile_n = pid % tiles_n
-    row_start = tl.load(offsets_ptr + group - 1, mask=group > 0, other=0)
-    row_end = tl.load(offsets_ptr + group)
+    # Clamped into [0, num_rows] like the forward's: offsets past the rows can never make it read past the input.
+    row_end = tl.minimum(tl.maximum(tl.load(offsets_ptr + group), 0), num_rows)
+    row_start = tl.minimum(tl.maximum(tl.load(offsets_ptr + group - 1, mask=group > 0, other=0), 0), row_end)
 
     rs = tl.arange(0, BLOCK_R)
     ks = tile_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -242,12 +247,12 @@ def _pow2(n):
     return max(2, triton.next_power_of_2(n))
 
 
-def grouped_matmul(a, b, b_strides, N, bias, offsets, out_dtype, gelu=False):
+def grouped_matmul(a, b, b_strides, N, bias, offsets, out_dtype, gelu=False, out=None):
     """out[rows of g] = act(a[rows of g] @ B[g] (+ bias[g])), B[g] (K, N) read from `b` through b_strides =
-    (group, k, n) strides; returns (out, preact), preact empty unless gelu."""
+    (group, k, n) strides; returns (out, preact), preact empty unless gelu. `out` may be given (a, N)."""
     num_rows, K = a.shape
     num_groups = offsets.shape[0]
-    out = torch.empty(num_rows, N, device=a.device, dtype=out_dtype)
+    out = torch.empty(num_rows, N, device=a.device, dtype=out_dtype) if out is None else out
     preact = torch.empty_like(out) if gelu else out.new_empty(0)
     if num_rows == 0:
         return out, preact
@@ -277,7 +282,7 @@ def grouped_weight_grad(x, dy, offsets, weight_shape, weight_dtype, with_bias):
     order = torch.argsort(sizes, descending=True, stable=True).to(torch.int32)
     args = (
         x, dy, dw, db if with_bias else dw, offsets, order,
-        K, N, num_groups,
+        x.shape[0], K, N, num_groups,
         x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), dw.stride(0), dw.stride(1), dw.stride(2),
         db.stride(0) if with_bias else 0,
     )
@@ -297,6 +302,7 @@ def grouped_weight_grad(x, dy, offsets, weight_shape, weight_dtype, with_bias):
 def forward(x, weight, bias, offsets, activation):
     if not runs_here(x):
         return reference.forward(x, weight, bias, offsets, activation)
+    reference.check_offsets(offsets, x.shape[0])
     strides = (weight.stride(0), weight.stride(1), weight.stride(2))
     return grouped_matmul(x, weight, strides, weight.shape[2], bias, offsets, x.dtype, gelu=activation == "gelu")
 
@@ -306,6 +312,7 @@ def backward(grad_out, x, weight, offsets, preact, activation, has_bias, needs_i
         return reference.backward(
             grad_out, x, weight, offsets, preact, activation, has_bias, needs_input_grad, needs_weight_grad
         )
+    reference.check_offsets(offsets, x.shape[0])
     if activation == "gelu":
         grad_out = torch.ops.aten.gelu_backward(grad_out, preact)
     dx = x.new_empty(0)
