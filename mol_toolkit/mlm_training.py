@@ -239,8 +239,9 @@ class MLMTrainer:
         if config.push_to_hub and self.is_main:
             check_hub_access(config.push_to_hub)
         self.checkpoints = CheckpointManager(self.output_dir, context, config.keep_checkpoints)
-        if config.resume and config.resume != "latest":
-            self.checkpoints.resolve(config.resume)  # an explicit checkpoint must exist and be complete
+        # An explicit checkpoint must exist and be complete (verified once, here); 'latest' is resolved under the lock.
+        explicit = config.resume and config.resume != "latest"
+        self.resume_from = self.checkpoints.resolve(config.resume) if explicit else None
         self.folder = RunFolder(self.output_dir, config.to_dict(), is_main=self.is_main)
         self.folder.check(config.resume, config.overwrite)  # read-only: refuse before the data work
         with context.main_process_first():
@@ -331,11 +332,11 @@ class MLMTrainer:
             raise ValueError(f"The checkpoint {path} comes from a different run configuration (differs in {changed}): "
                              "resume with the configuration it was trained with, or start a new output_dir.")
         states = self._states(model, optimizer)
-        state = self.checkpoints.load(path, states)
+        self.checkpoints.load(path, states)
         set_state_dict(model, optimizer, model_state_dict=states["model"], optim_state_dict=states["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        return state["step"]
+        scheduler.load_state_dict(recorded["scheduler"])
+        sampler.load_state_dict(recorded["sampler"])
+        return recorded["step"]
 
     # -- steps
 
@@ -423,7 +424,7 @@ class MLMTrainer:
         optimizer, scheduler = self.build_optimizer(model)
         sampler = self.build_sampler()
         start = 0
-        resume_from = self.checkpoints.resolve(config.resume)
+        resume_from = self.resume_from or self.checkpoints.resolve(config.resume)
         if resume_from is not None:
             start = self.load_checkpoint(resume_from, model, optimizer, scheduler, sampler)
         self.metrics.start(config.run_name or "mol-mlm", config, start, config.max_steps)

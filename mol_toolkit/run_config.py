@@ -140,11 +140,6 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def _one_of(name, value, valid):
-    if value not in valid:
-        raise ValueError(f"{name} {value!r} is not valid: use one of {list(valid)}.")
-
-
 # -- the type and range of every key ------------------------------------------------------------------------------
 
 

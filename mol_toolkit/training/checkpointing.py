@@ -140,7 +140,7 @@ class CheckpointManager:
         return final
 
     def load(self, path, states):
-        """Fill `states` (as `save` took them) from checkpoint `path`; returns its trainer_state."""
+        """Fill `states` (as `save` took them) from checkpoint `path`, and restore this rank's RNG states."""
         import torch.distributed.checkpoint as dcp
 
         dcp.load(states, checkpoint_id=str(Path(path) / "state"), no_dist=not self.context.collective)
@@ -148,7 +148,6 @@ class CheckpointManager:
         torch.set_rng_state(rng["cpu"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        return json.loads((Path(path) / "trainer_state.json").read_text())
 
     @staticmethod
     def trainer_state(path):

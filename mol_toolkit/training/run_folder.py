@@ -63,16 +63,8 @@ class RunFolder:
         """Take the folder for this run: lock it, then check what it holds against `resume` / `overwrite`."""
         if not self.is_main:
             return
-        from filelock import FileLock, Timeout
-
         self.folder.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.folder / LOCK))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise RunFolderError(f"Another run is using {self.folder}: {self._holder()}. Wait for it to finish, or "
-                                 "choose another output_dir.") from None
-        self._lock = lock
+        self._lock = self._take_lock()
         try:
             (self.folder / HOLDER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
@@ -86,18 +78,22 @@ class RunFolder:
         """The checks of `acquire` without taking or writing anything (a live holder, what the folder holds)."""
         if not self.is_main or not self.folder.is_dir():
             return
+        if (self.folder / LOCK).exists():
+            self._take_lock().release()
+        if not overwrite:
+            self._check_contents(resume, overwrite)
+
+    def _take_lock(self):
+        """The folder's lock, held; a live holder is an error that names it."""
         from filelock import FileLock, Timeout
 
         lock = FileLock(str(self.folder / LOCK))
-        if (self.folder / LOCK).exists():
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                raise RunFolderError(f"Another run is using {self.folder}: {self._holder()}. Wait for it to finish, "
-                                     "or choose another output_dir.") from None
-            lock.release()
-        if not overwrite:
-            self._check_contents(resume, overwrite)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RunFolderError(f"Another run is using {self.folder}: {self._holder()}. Wait for it to finish, or "
+                                 "choose another output_dir.") from None
+        return lock
 
     def _holder(self):
         try:
