@@ -24,6 +24,14 @@ MOL_AUTO_MAP = {
 GROUP_LAYOUTS = ("stacked", "interleaved", "lid", "dense", "all")
 GROUPED_GEMM_BACKENDS = ("auto", "hub_kernel", "grouped_mm", "loop")
 CLASSIFIER_POOLINGS = ("cls", "mean")
+ROUTINGS = ("language", "token", "sentence")
+# The learned-routing options and their defaults for a MoE (routing="token" or "sentence"). The paper gives none of
+# these values (it trains 5 experts, the size of MoL-30's 5 groups): they are the project's choices.
+MOE_DEFAULTS = {
+    "num_experts": None,  # required: the paper's equal-size baseline uses as many experts as MoL has groups
+    "router_noise_std": 1.0,  # unit Gaussian noise on the gate logits in training (Shazeer et al.'s noisy gating)
+    "router_aux_loss_coef": 0.01,  # the Switch Transformer's alpha = 1e-2 on the GShard load-balancing loss
+}
 _LID_SIZES = re.compile(r"^lid[:\-](\d+)-(\d+)-(\d+)$")
 _EXPLICIT_SIZES = re.compile(r"^(?:lid:)?((?:\s*(?:first|shared|last)\s*=\s*\d+\s*,?)+)$")
 _BARE_SIZES = re.compile(r"^(\d+)[-:,](\d+)[-:,](\d+)$")
@@ -178,6 +186,18 @@ class MoLConfig(PretrainedConfig):
         sparse_prediction (`bool`): with `labels`, run the MLM head on the masked positions only and return logits
             of shape (masked tokens, vocab) (ModernBERT's option; `train_mlm.py` turns it on for speed). Off (the
             default), logits are (batch, seq_len, vocab) like every transformers MLM; the loss is the same.
+        routing (`str`): `language` (MoL: every sentence through its language group's copy, the default), or the
+            paper's Mixture-of-Experts baselines (Section 5): `token` (a learned top-1 gate sends each token to an
+            expert) or `sentence` (the gate reads the sentence's mean and sends all its tokens to one expert). The
+            routed blocks are `group_layers`, each block whole (attention, FFN, both LayerNorms) per expert.
+        num_experts (`int`): experts per routed block (MoE only, >= 2; the paper's equal-size baseline: as many as
+            MoL has groups).
+        router_noise_std (`float`): std of the Gaussian noise added to the gate logits before the softmax, in
+            training only (MoE only; default 1.0, the project's choice: the paper gives no value).
+        router_aux_loss_coef (`float`): weight of the GShard load-balancing loss added to the MLM loss (MoE only;
+            default 0.01, the project's choice after the Switch Transformer).
+        output_router_logits (`bool`): return every routed block's gate logits (`router_logits`), as transformers'
+            MoE models do.
     """
 
     model_type = "mol"
@@ -213,6 +233,11 @@ class MoLConfig(PretrainedConfig):
         grouped_gemm_kernel="mol-encoders/mol-grouped-gemm",
         grouped_gemm_kernel_version=1,
         grouped_gemm_kernel_trust_remote_code=False,
+        routing="language",
+        num_experts=None,
+        router_noise_std=None,
+        router_aux_loss_coef=None,
+        output_router_logits=False,
         **kwargs,
     ):
         kwargs.setdefault("auto_map", dict(MOL_AUTO_MAP))
@@ -256,7 +281,45 @@ class MoLConfig(PretrainedConfig):
         self.grouped_gemm_kernel = grouped_gemm_kernel
         self.grouped_gemm_kernel_version = grouped_gemm_kernel_version
         self.grouped_gemm_kernel_trust_remote_code = grouped_gemm_kernel_trust_remote_code
+        self.routing = routing
+        self._set_moe_fields(num_experts, router_noise_std, router_aux_loss_coef)
+        self.output_router_logits = output_router_logits
         self._validate_mol_fields()
+
+    def _set_moe_fields(self, num_experts, router_noise_std, router_aux_loss_coef):
+        """Learned routing's options: required or defaulted for a MoE, refused for a language-routed model (where
+        they would silently do nothing)."""
+        given = {"num_experts": num_experts, "router_noise_std": router_noise_std,
+                 "router_aux_loss_coef": router_aux_loss_coef}
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"routing {self.routing!r} is unknown: use one of {list(ROUTINGS)} ('language' is MoL; "
+                             "'token' and 'sentence' are the paper's learned-routing MoE baselines).")
+        if self.routing == "language":
+            stray = {name: value for name, value in given.items() if value is not None}
+            if stray:
+                raise ValueError(f"{sorted(stray)} are options of learned routing (routing='token' or 'sentence'); "
+                                 f"this model routes by language (routing='language'): remove {stray}.")
+            self.num_experts = self.router_noise_std = self.router_aux_loss_coef = None
+            return
+        values = {name: MOE_DEFAULTS[name] if value is None else value for name, value in given.items()}
+        experts = values["num_experts"]
+        if isinstance(experts, bool) or not isinstance(experts, int) or experts < 2:
+            raise ValueError(f"num_experts must be an integer >= 2 for routing={self.routing!r}, got {experts!r}.")
+        for name in ("router_noise_std", "router_aux_loss_coef"):
+            value = values[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+            values[name] = float(value)
+        if not self.group_layers:
+            raise ValueError(f"routing={self.routing!r} routes the blocks of group_layers, and there are none "
+                             f"(group_layers={self.group_layout!r}): give the routed blocks, e.g. group_layers='stacked' "
+                             "(the paper's MoE: 6-12-6).")
+        if self.language_groups:
+            raise ValueError(f"routing={self.routing!r} learns which expert each token goes to; language_groups "
+                             f"{list(self.language_groups)} route by language and would be ignored: remove them.")
+        self.num_experts = experts
+        self.router_noise_std = values["router_noise_std"]
+        self.router_aux_loss_coef = values["router_aux_loss_coef"]
 
     def _validate_mol_fields(self):
         if self.hidden_size % self.num_attention_heads:
@@ -280,7 +343,7 @@ class MoLConfig(PretrainedConfig):
         missing = [code for code in self.languages if code not in seen]
         if self.language_groups and missing:
             raise ValueError(f"languages {missing} belong to no group of language_groups {list(self.language_groups)}.")
-        if self.group_layers and not self.language_groups:
+        if self.group_layers and not self.language_groups and not self.is_moe:
             raise ValueError(
                 f"group_layers={self.group_layers} needs language_groups (group name -> codes) to route sentences; "
                 "use group_layers='dense' for a model without group-specific blocks."
@@ -296,6 +359,8 @@ class MoLConfig(PretrainedConfig):
             raise ValueError(
                 f"grouped_gemm_kernel_trust_remote_code must be True, False or a list of kernel repo ids; got {trust!r}."
             )
+        if not isinstance(self.output_router_logits, bool):
+            raise ValueError(f"output_router_logits must be True or False, got {self.output_router_logits!r}.")
         if not isinstance(self.sparse_prediction, bool):
             raise ValueError(f"sparse_prediction must be True or False, got {self.sparse_prediction!r}.")
         if self.pad_token_id is not None and self.max_position_embeddings <= self.pad_token_id + 1:
@@ -314,8 +379,16 @@ class MoLConfig(PretrainedConfig):
         return output
 
     @property
+    def is_moe(self):
+        """True for the learned-routing baselines (routing 'token' or 'sentence')."""
+        return self.routing != "language"
+
+    @property
     def num_groups(self):
-        """Number of weight copies in a group-specific block (1 when the model has no groups)."""
+        """Number of weight copies in a group-specific block: the experts of a MoE, the language groups of a MoL
+        (1 when the model has no groups)."""
+        if self.is_moe:
+            return self.num_experts
         return max(1, len(self.language_groups))
 
     @property

@@ -52,6 +52,25 @@ logger = logging.get_logger(__name__)
 
 
 @dataclass
+class MoLRowGroups:
+    """Which weight copy each row of a block uses: what the group Linears and LayerNorms read.
+
+    offsets: (copies,) int32 cumulative row ends, on the device; row_group: (rows,) the copy of every row;
+    present_groups / present_offsets: the copies that have rows and their offsets, when the host knows them (the
+    language groups, from the packing's one synchronisation), else None (learned routing decides on the device).
+    order / restore: for a routed block, whose rows run in expert order: `order[i]` is the batch-order row of the
+    i-th expert-order row, `restore` its inverse; None when the rows are in the batch's own order.
+    """
+
+    offsets: torch.Tensor
+    row_group: torch.Tensor
+    present_groups: torch.Tensor | None = None
+    present_offsets: torch.Tensor | None = None
+    order: torch.Tensor | None = None
+    restore: torch.Tensor | None = None
+
+
+@dataclass
 class MoLPackedBatch:
     """Where the tokens of a padded batch went once packed and ordered by group.
 
@@ -68,6 +87,7 @@ class MoLPackedBatch:
     sentence_index: (sentences,) the batch index of every sentence slot.
     group_offsets: (groups,) int32 cumulative row ends of each group; all_rows: (1,) the one-group case.
     row_group: (rows,) the group of every row; real_rows: (rows,) bool, None when every row is a real token.
+    row_sentence: (rows,) the sentence slot of every row.
     present_groups / present_offsets: the groups that have rows and their offsets (packed only; None when static).
     """
 
@@ -81,6 +101,7 @@ class MoLPackedBatch:
     all_rows: torch.Tensor
     row_group: torch.Tensor
     real_rows: torch.Tensor | None
+    row_sentence: torch.Tensor
     present_groups: torch.Tensor | None
     present_offsets: torch.Tensor | None
     batch_size: int
@@ -126,6 +147,7 @@ class MoLPackedBatch:
             all_rows=torch.tensor([num_tokens], dtype=torch.int32, device=device),
             row_group=torch.repeat_interleave(sentence_group[order], lengths, output_size=num_tokens),
             real_rows=None,
+            row_sentence=sentence_slot,
             present_groups=present_groups,
             present_offsets=group_offsets[present_groups],
             batch_size=batch_size,
@@ -152,6 +174,7 @@ class MoLPackedBatch:
             all_rows=torch.tensor([rows], dtype=torch.int32, device=device),
             row_group=sentence_group[order][:, None].expand(batch_size, seq_len).reshape(-1),
             real_rows=attention_mask[order].bool().reshape(-1),
+            row_sentence=torch.arange(batch_size, device=device).repeat_interleave(seq_len),
             present_groups=None,
             present_offsets=None,
             batch_size=batch_size,
@@ -161,6 +184,10 @@ class MoLPackedBatch:
     @property
     def num_tokens(self):
         return self.token_index.shape[0]
+
+    def row_groups(self):
+        """The language groups' rows, for the group Linears and LayerNorms (rows in this batch's order)."""
+        return MoLRowGroups(self.group_offsets, self.row_group, self.present_groups, self.present_offsets)
 
     @property
     def num_sentences(self):
@@ -247,15 +274,15 @@ class MoLGroupedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_groups, out_features))
         self.grouped_gemm = grouped_gemm
 
-    def forward(self, rows, batch):
-        weight, bias, offsets = self.weight, self.bias, batch.group_offsets
+    def forward(self, rows, groups):
+        weight, bias, offsets = self.weight, self.bias, groups.offsets
         device_type = rows.device.type
         if torch.is_autocast_enabled(device_type):
             dtype = torch.get_autocast_dtype(device_type)
             rows = rows.to(dtype)
-            if self.num_groups > 1 and batch.present_groups is not None:
-                weight, bias = weight.index_select(0, batch.present_groups), bias.index_select(0, batch.present_groups)
-                offsets = batch.present_offsets
+            if self.num_groups > 1 and groups.present_groups is not None:
+                weight, bias = weight.index_select(0, groups.present_groups), bias.index_select(0, groups.present_groups)
+                offsets = groups.present_offsets
             weight, bias = weight.to(dtype), bias.to(dtype)
         if self.num_groups == 1:
             return torch.addmm(bias[0], rows, weight[0])
@@ -274,12 +301,12 @@ class MoLGroupedLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_groups, dim))
         self.bias = nn.Parameter(torch.zeros(num_groups, dim))
 
-    def forward(self, rows, batch):
+    def forward(self, rows, groups):
         dim = rows.shape[-1:]
         if self.num_groups == 1:
             return F.layer_norm(rows, dim, self.weight[0], self.bias[0], self.eps)
         normed = F.layer_norm(rows, dim, eps=self.eps)
-        return torch.addcmul(self.bias[batch.row_group], normed, self.weight[batch.row_group])
+        return torch.addcmul(self.bias[groups.row_group], normed, self.weight[groups.row_group])
 
 
 # MoL's own attention over packed sentences, under transformers' implementation names. Any other name registered in
@@ -324,10 +351,18 @@ class MoLAttention(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.config = config
 
-    def forward(self, rows, batch, output_attentions=False):
-        q, k, v = (proj(rows, batch).view(-1, self.num_heads, self.head_dim) for proj in (self.query, self.key, self.value))
+    def forward(self, rows, batch, groups, output_attentions=False):
+        """`rows` in the order of `groups` (the batch's, or a routed block's expert order); attention itself always
+        runs over the batch's sentences."""
+        q, k, v = (proj(rows, groups) for proj in (self.query, self.key, self.value))
+        if groups.order is not None:  # expert order -> the batch's sentence order, one gather for Q, K and V
+            q, k, v = torch.cat([q, k, v], dim=-1)[groups.restore].chunk(3, dim=-1)
+        q, k, v = (t.reshape(-1, self.num_heads, self.head_dim) for t in (q, k, v))
         context, weights = self.attend(q, k, v, batch, output_attentions)
-        attended = self.LayerNorm(self.dropout(self.output(context.reshape(rows.shape), batch)) + rows, batch)
+        context = context.reshape(rows.shape)
+        if groups.order is not None:
+            context = context[groups.order]
+        attended = self.LayerNorm(self.dropout(self.output(context, groups)) + rows, groups)
         return attended, weights
 
     def attend(self, q, k, v, batch, output_attentions):
@@ -353,8 +388,73 @@ class MoLAttention(nn.Module):
         return attend(q, k, v, batch, dropout_p=dropout, training=self.training), None
 
 
+class MoLRouter(nn.Module):
+    """The learned top-1 gate of a routed block (the paper's MoE baselines, Section 5).
+
+    It reads the block's input, which in XLM-R's post-LN blocks is the normalised output of the preceding block (or
+    of the embeddings): every token (`routing="token"`) or the mean over each sentence's tokens (`"sentence"`, whose
+    tokens then all go to one expert). In training, Gaussian noise of std `router_noise_std` is added to the logits
+    before the softmax; at inference the gate is noiseless top-1, or uniformly random after `set_random_routing`
+    (the paper's Appendix A comparison)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.level = config.routing
+        self.num_experts = config.num_experts
+        self.noise_std = config.router_noise_std
+        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.random_generator = None  # a torch.Generator while experts are drawn at random
+
+    def forward(self, rows, batch):
+        """(the rows in expert order as MoLRowGroups, per-row gate logits (rows, experts), the block's load-balancing
+        loss, the chosen expert's gate probability per row); per-row values in the batch's order."""
+        features = rows if self.level == "token" else sentence_means(rows, batch)
+        logits = self.gate(features)
+        if self.training and self.noise_std > 0:
+            logits = logits + torch.randn_like(logits) * self.noise_std
+        probs = logits.float().softmax(dim=-1)
+        if self.random_generator is not None:
+            expert = torch.randint(self.num_experts, (features.shape[0],), generator=self.random_generator)
+            expert = expert.to(features.device)
+        else:
+            expert = probs.argmax(dim=-1)
+        if self.level == "sentence":  # every token of a sentence takes its sentence's decision
+            logits, probs, expert = logits[batch.row_sentence], probs[batch.row_sentence], expert[batch.row_sentence]
+        # Rows in expert order: a stable sort on the device, and each expert's row end by a search in the sorted
+        # experts; no host synchronisation.
+        row_expert, order = torch.sort(expert, stable=True)
+        offsets = torch.searchsorted(row_expert, torch.arange(self.num_experts, device=expert.device), right=True)
+        restore = torch.empty_like(order).scatter_(0, order, torch.arange(order.shape[0], device=order.device))
+        groups = MoLRowGroups(offsets.to(torch.int32), row_expert, order=order, restore=restore)
+        aux_loss = load_balancing_loss(probs, expert, batch.real_rows, self.num_experts)
+        return groups, logits, aux_loss, probs.gather(1, expert[:, None]).squeeze(1)
+
+
+def sentence_means(rows, batch):
+    """(sentences, hidden): the mean of each sentence slot's real rows."""
+    weight = rows.new_ones(rows.shape[0]) if batch.real_rows is None else batch.real_rows.to(rows.dtype)
+    sums = rows.new_zeros(batch.num_sentences, rows.shape[1]).index_add_(0, batch.row_sentence, rows * weight[:, None])
+    counts = rows.new_zeros(batch.num_sentences).index_add_(0, batch.row_sentence, weight)
+    return sums / counts.clamp(min=1)[:, None]
+
+
+def load_balancing_loss(probs, row_group, real_rows, num_experts):
+    """GShard's auxiliary load-balancing loss of one routed block, in the Switch Transformer's scale (the form of
+    transformers' `load_balancing_loss_func`): E * sum_e f_e * P_e, where f_e is the share of tokens sent to expert
+    e (top-1, not differentiable) and P_e the mean gate probability of e over the tokens. 1.0 at perfect balance, E
+    when one expert takes everything. Tokens only, never padding; with sentence routing each token counts its
+    sentence's decision, so the loss balances the experts' work (tokens), not the number of sentences."""
+    dispatched = F.one_hot(row_group, num_experts).to(probs.dtype)
+    if real_rows is not None:
+        weight = real_rows.to(probs.dtype)[:, None]
+        count = weight.sum().clamp(min=1)
+        return num_experts * ((dispatched * weight).sum(0) / count * (probs * weight).sum(0) / count).sum()
+    return num_experts * (dispatched.mean(0) * probs.mean(0)).sum()
+
+
 class MoLLayer(GradientCheckpointingLayer):
-    """The one block class: shared (one group) or group-specific (every Linear and LayerNorm per group)."""
+    """The one block class: shared (one group), group-specific (every Linear and LayerNorm per language group), or
+    routed (the same per expert, with a learned router; the MoE baselines)."""
 
     def __init__(self, config, layer_idx, grouped_gemm):
         super().__init__()
@@ -367,11 +467,29 @@ class MoLLayer(GradientCheckpointingLayer):
         self.output = MoLGroupedLinear(config, config.intermediate_size, config.hidden_size, num_groups, grouped_gemm)
         self.LayerNorm = MoLGroupedLayerNorm(config, config.hidden_size, num_groups)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.router = MoLRouter(config) if self.is_group_block and config.is_moe else None
 
     def forward(self, rows, batch, output_attentions=False):
-        attended, weights = self.attention(rows, batch, output_attentions)
-        expanded = self.activation(self.intermediate(attended, batch))
-        return self.LayerNorm(self.dropout(self.output(expanded, batch)) + attended, batch), weights
+        """(rows, attention weights, router logits per row in the batch's order, load-balancing loss): the last two
+        None except in a routed block. Tensors only, so that reentrant gradient checkpointing keeps their graphs."""
+        if self.router is None:
+            groups = batch.row_groups()
+            attended, weights = self.attention(rows, batch, groups, output_attentions)
+            return self.feed_forward(attended, groups), weights, None, None
+        groups, logits, aux_loss, chosen = self.router(rows, batch)
+        attended, weights = self.attention(rows[groups.order], batch, groups, output_attentions)
+        # The expert's output is multiplied by p / p.detach() (p: the chosen expert's gate probability): the value
+        # is exactly the expert block's output, and the gate gets the gradient of the Switch Transformer's p *
+        # output (divided by p). A plain p * output would shrink each post-LN block's normalised output by up to
+        # num_experts times, compounding over the routed blocks, and a MoE started from XLM-R (all experts equal)
+        # would no longer compute what XLM-R computes.
+        scale = (chosen / chosen.detach()).to(attended.dtype)
+        out = self.feed_forward(attended, groups)[groups.restore] * scale[:, None]
+        return out, weights, logits, aux_loss
+
+    def feed_forward(self, attended, groups):
+        expanded = self.activation(self.intermediate(attended, groups))
+        return self.LayerNorm(self.dropout(self.output(expanded, groups)) + attended, groups)
 
 
 class MoLEncoder(nn.Module):
@@ -383,16 +501,19 @@ class MoLEncoder(nn.Module):
     def forward(self, rows, batch, output_hidden_states=False, output_attentions=False):
         all_rows = (rows,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
+        router_logits, aux_losses = (), ()
         for layer in self.layer:
             if rows.shape[0] > 0:  # a batch of padding only has no rows: its outputs are zeros
-                rows, weights = layer(rows, batch, output_attentions)
+                rows, weights, logits, aux_loss = layer(rows, batch, output_attentions)
+                if logits is not None:
+                    router_logits, aux_losses = router_logits + (logits,), aux_losses + (aux_loss,)
             else:
                 weights = rows.new_zeros(0, layer.attention.num_heads, 0, 0) if output_attentions else None
             if output_hidden_states:
                 all_rows += (rows,)
             if output_attentions:
                 all_attentions += (weights,)
-        return rows, all_rows, all_attentions
+        return rows, all_rows, all_attentions, router_logits, aux_losses
 
 
 class MoLPooler(nn.Module):
@@ -448,7 +569,21 @@ class MoLPreTrainedModel(PreTrainedModel):
             raise ValueError(f"Unknown language {code!r}: this model knows {self.config.languages}.") from None
 
     def _routes_by_language(self):
-        return bool(self.config.group_layers) and self.config.num_groups > 1
+        config = self.config
+        return not config.is_moe and bool(config.group_layers) and config.num_groups > 1
+
+    def set_random_routing(self, seed=None):
+        """MoE only: route to uniformly random experts (drawn from a generator seeded with `seed`) instead of the
+        learned gate's top-1, the paper's Appendix A comparison; `None` restores the learned routing."""
+        if not self.config.is_moe:
+            raise ValueError(f"set_random_routing needs a learned-routing model (routing 'token' or 'sentence'); "
+                             f"this one has routing={self.config.routing!r}.")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an integer or None, got {seed!r}.")
+        generator = None if seed is None else torch.Generator().manual_seed(seed)  # one stream, drawn block by block
+        for module in self.modules():
+            if isinstance(module, MoLRouter):
+                module.random_generator = generator
 
     def _sentence_languages(self, languages, lang_ids, batch_size, device):
         """The language index of every sentence, (batch,), or None for a model that needs none. Indices the caller
@@ -496,6 +631,12 @@ class MoLPreTrainedModel(PreTrainedModel):
         table = torch.tensor(self.config.language_to_group(), dtype=torch.long, device=device)
         # Clamped so that a bad index fails in the range check with a clear message, not in this lookup.
         return table[language_index.clamp(0, len(table) - 1)]
+
+    def _router_logits(self, encoding, output_router_logits):
+        """The padded router logits when asked for (argument, else config.output_router_logits) and the model routes
+        by learning, else None."""
+        wanted = self.config.output_router_logits if output_router_logits is None else output_router_logits
+        return encoding.padded_router_logits() if wanted and self.config.is_moe else None
 
     def _output_flags(self, output_hidden_states, output_attentions, return_dict):
         """Explicit arguments win over the config's values, in both directions."""
@@ -583,6 +724,11 @@ class MoLPreTrainedModel(PreTrainedModel):
         state = convert_xlm_roberta_state_dict(xlmr_model.state_dict(), model)
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [key for key in missing if key not in (cls._tied_weights_keys or {})]
+        # A MoE's gates have no XLM-R counterpart: they keep their initialisation (_init_weights).
+        gates = [key for key in missing if ".router." in key]
+        missing = [key for key in missing if key not in gates]
+        if gates:
+            logger.info(f"from_xlm_roberta: {len(gates)} router gates initialised (std {model.config.initializer_range}).")
         backbone_missing = [key for key in missing if ".encoder." in f".{key}" or ".embeddings." in f".{key}"]
         if backbone_missing:
             raise ValueError(f"The XLM-R model lacks encoder weights {backbone_missing}: is it an XLM-R model?")
@@ -721,6 +867,25 @@ def convert_xlm_roberta_state_dict(state, model):
 
 
 @dataclass
+class MoLModelOutput(BaseModelOutputWithPooling):
+    """`BaseModelOutputWithPooling`, plus transformers' MoE fields for the learned-routing baselines (None for MoL):
+    `router_logits` (with `output_router_logits`: per routed block, (batch * seq_len, experts) gate logits, noise
+    included in training) and `aux_loss` (the load-balancing loss, mean over routed blocks)."""
+
+    router_logits: tuple | None = None
+    aux_loss: torch.FloatTensor | None = None
+
+
+@dataclass
+class MoLMaskedLMOutput(MaskedLMOutput):
+    """`MaskedLMOutput` plus transformers' MoE fields (see `MoLModelOutput`); for a MoE, `loss` already includes
+    `router_aux_loss_coef * aux_loss`, as in transformers' MoE models."""
+
+    aux_loss: torch.FloatTensor | None = None
+    router_logits: tuple | None = None
+
+
+@dataclass
 class MoLEncoding:
     """What the encoder gives the heads: packed output rows, where they came from, and the optional outputs padded."""
 
@@ -728,6 +893,13 @@ class MoLEncoding:
     batch: MoLPackedBatch
     hidden_states: tuple | None = None
     attentions: tuple | None = None
+    router_logits: tuple = ()  # per routed block, (rows, experts) in row order
+    aux_loss: torch.Tensor | None = None  # the mean of the routed blocks' load-balancing losses (MoE only)
+
+    def padded_router_logits(self):
+        """transformers' MoE layout: per routed block, (batch * seq_len, experts) in the batch's order, zeros at
+        padding (what `load_balancing_loss_func` and `output_router_logits` users expect)."""
+        return tuple(self.batch.unpack(logits).flatten(0, 1) for logits in self.router_logits)
 
 
 class MoLModel(MoLPreTrainedModel):
@@ -803,8 +975,9 @@ class MoLModel(MoLPreTrainedModel):
         language_index = self._sentence_languages(languages, lang_ids, batch_size, device)
         checks = self._range_checks(input_ids, position_ids, token_type_ids, language_index, lang_ids, labels, num_label_classes)
         groups = self._sentence_groups(language_index, batch_size, device)
+        language_copies = 1 if self.config.is_moe else self.config.num_groups  # a MoE packs one group and routes
         batch, values = MoLPackedBatch.from_mask(
-            attention_mask, groups, self.config.num_groups, torch.stack([t for _, t, _ in checks]) if checks else None
+            attention_mask, groups, language_copies, torch.stack([t for _, t, _ in checks]) if checks else None
         )
         if values is not None:  # eager: compiled and exported graphs skip the checks (no host synchronisation)
             for (check, _, bounds), value in zip(checks, values):
@@ -815,12 +988,16 @@ class MoLModel(MoLPreTrainedModel):
             batch.pack(token_type_ids),
             batch.pack(inputs_embeds) if inputs_embeds is not None else None,
         )
-        rows, all_rows, all_attentions = self.encoder(rows, batch, output_hidden_states, output_attentions)
+        rows, all_rows, all_attentions, router_logits, aux_losses = self.encoder(
+            rows, batch, output_hidden_states, output_attentions
+        )
         return MoLEncoding(
             rows=rows,
             batch=batch,
             hidden_states=tuple(batch.unpack(r) for r in all_rows) if all_rows is not None else None,
             attentions=tuple(batch.unpack_attention(a) for a in all_attentions) if all_attentions is not None else None,
+            router_logits=router_logits,
+            aux_loss=torch.stack(aux_losses).mean() if aux_losses else None,
         )
 
     def _range_checks(self, input_ids, position_ids, token_type_ids, language_index, lang_ids, labels, num_classes):
@@ -858,6 +1035,7 @@ class MoLModel(MoLPreTrainedModel):
         output_hidden_states=None,
         return_dict=None,
         output_attentions=None,
+        output_router_logits=None,
         **kwargs,
     ):
         output_hidden_states, output_attentions, return_dict = self._output_flags(
@@ -868,11 +1046,13 @@ class MoLModel(MoLPreTrainedModel):
             output_hidden_states=output_hidden_states, output_attentions=output_attentions,
         )
         last_hidden_state = encoding.batch.unpack(encoding.rows)
-        output = BaseModelOutputWithPooling(
+        output = MoLModelOutput(
             last_hidden_state=last_hidden_state,
             pooler_output=self.pooler(last_hidden_state) if self.pooler is not None else None,
             hidden_states=encoding.hidden_states,
             attentions=encoding.attentions,
+            router_logits=self._router_logits(encoding, output_router_logits),
+            aux_loss=encoding.aux_loss,
         )
         return output if return_dict else output.to_tuple()
 
@@ -979,6 +1159,7 @@ class MoLForMaskedLM(MoLPreTrainedModel):
         return_dict=None,
         output_attentions=None,
         num_items_in_batch=None,
+        output_router_logits=None,
         **kwargs,
     ):
         output_hidden_states, output_attentions, return_dict = self._output_flags(
@@ -1002,9 +1183,22 @@ class MoLForMaskedLM(MoLPreTrainedModel):
             if labels is not None:
                 flat_labels = labels.to(logits.device).reshape(-1)
                 loss = fixed_cross_entropy(logits.float().view(-1, logits.shape[-1]), flat_labels, num_items_in_batch)
-        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=encoding.hidden_states,
-                                attentions=encoding.attentions)
+        if loss is not None and encoding.aux_loss is not None:
+            loss = loss + self.config.router_aux_loss_coef * self._aux_weight(labels, num_items_in_batch) * encoding.aux_loss
+        output = MoLMaskedLMOutput(loss=loss, logits=logits, hidden_states=encoding.hidden_states,
+                                   attentions=encoding.attentions, aux_loss=encoding.aux_loss,
+                                   router_logits=self.mol._router_logits(encoding, output_router_logits))
         return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _aux_weight(labels, num_items_in_batch):
+        """1, or under Trainer's gradient accumulation (the MLM loss divided by the masked tokens of all
+        micro-batches) this micro-batch's share of those tokens: the accumulated auxiliary loss is then their
+        token-weighted mean, not the sum over micro-batches."""
+        if num_items_in_batch is None:
+            return 1.0
+        masked = (labels != -100).sum()
+        return masked.to(torch.float32) / torch.as_tensor(num_items_in_batch, dtype=torch.float32, device=masked.device)
 
 
 class MoLClassificationHead(nn.Module):
@@ -1246,6 +1440,8 @@ def _per_choice(languages, lang_ids, num_examples, num_choices):
 
 
 __all__ = [
+    "MoLMaskedLMOutput",
+    "MoLModelOutput",
     "MoLPreTrainedModel",
     "MoLModel",
     "MoLForMaskedLM",
