@@ -695,13 +695,15 @@ class MoLPreTrainedModel(PreTrainedModel):
             language=sorted({code.split("_")[0] for code in config.languages}) or None,
             library_name="transformers",
             pipeline_tag=_PIPELINE_TAGS.get(type(self).__name__),
-            tags=["mol", "mixture-of-languages", "multilingual", "custom_code"],
+            tags=["mol", "mixture-of-languages", "multilingual", "custom_code",
+                  *(["moe", "mixture-of-experts"] if config.is_moe else [])],
             base_model=config.converted_from,
         )
         return ModelCard.from_template(
             data, template_str=_MODEL_CARD, model_class=type(self).__name__, groups=config.language_groups,
             layers=config.group_layers, layout=config.group_layout, base_model=config.converted_from,
             first_language=config.languages[0] if config.languages else "eng_Latn", license=license,
+            routing=config.routing, num_experts=config.num_experts,
         )
 
     # ---- warm start from XLM-R -----------------------------------------------------------------------------------
@@ -752,8 +754,10 @@ _MODEL_CARD = """---
 
 # MoL (Mixture of Languages) encoder: `{{ model_class }}`
 
-A multilingual XLM-R-style encoder whose group-specific blocks hold one weight copy per language group; every token
-of a sentence runs through the copy of its language's group.{% if base_model %} Converted from `{{ base_model }}`:
+{% if routing == "language" %}A multilingual XLM-R-style encoder whose group-specific blocks hold one weight copy per language group; every token
+of a sentence runs through the copy of its language's group.{% else %}A Mixture-of-Experts baseline of the Mixture of
+Languages paper: its routed blocks hold {{ num_experts }} experts each, and a learned top-1 gate sends every
+{{ routing }} to one of them (`output_router_logits=True` returns the gate logits).{% endif %}{% if base_model %} Converted from `{{ base_model }}`:
 every group copy starts from that model's weights.{% endif %}
 
 ```python
@@ -764,13 +768,13 @@ tokenizer = AutoTokenizer.from_pretrained("REPO")
 outputs = model(**tokenizer(["..."], return_tensors="pt"), languages=["{{ first_language }}"])  # one code per text
 ```
 
-Group-specific blocks: {{ layers if layers else "none (dense)" }} (layout `{{ layout }}`).
-
+{{ "Routed" if routing != "language" else "Group-specific" }} blocks: {{ layers if layers else "none (dense)" }} (layout `{{ layout }}`).
+{% if routing == "language" %}
 | group | languages |
 |---|---|
 {% for name, codes in groups.items() %}| {{ name }} | {{ codes | join(", ") }} |
 {% else %}| (dense) | every language shares every block |
-{% endfor %}
+{% endfor %}{% endif %}
 The model code is Apache-2.0 (the MoL project); the weights are released under `{{ license }}`.
 """
 

@@ -14,6 +14,7 @@ import torch
 
 from mol_toolkit import languages as language_table
 from mol_toolkit import mlm_data
+from mol_toolkit.expert_load import ExpertLoad
 from mol_toolkit.training.checkpointing import CheckpointManager
 from mol_toolkit.training.export import check_hub_access, export_bundle, full_state_dict, render_model_card
 from mol_toolkit.training.metrics import MetricsLog, atomic_write_text
@@ -32,7 +33,7 @@ def resolve_languages_and_groups(config):
     """The model's languages and its language groups ({} for a dense model)."""
     codes = language_table.resolve_languages(config.languages)
     layers = config.group_layers
-    if layers == "dense" or layers == []:
+    if layers == "dense" or layers == [] or config.routing != "language":  # a MoE learns its routing
         return codes, {}
     groups = config.language_groups
     if groups == "paper":
@@ -116,7 +117,10 @@ def model_config(config, tokenizer, codes, groups):
         num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
         hidden_dropout_prob=config.hidden_dropout_prob, attention_probs_dropout_prob=config.attention_probs_dropout_prob,
         max_position_embeddings=config.max_length + special["pad_token_id"] + 1, **special,
-        languages=codes, language_groups=groups, group_layers=config.group_layers if groups else "dense",
+        languages=codes, language_groups=groups,
+        group_layers=config.group_layers if groups or config.routing != "language" else "dense",
+        routing=config.routing, num_experts=config.num_experts, router_noise_std=config.router_noise_std,
+        router_aux_loss_coef=config.router_aux_loss_coef,
         grouped_gemm_backend=config.grouped_gemm_backend, attn_implementation=config.attn_implementation,
         sparse_prediction=True,  # training only needs the masked positions' logits; the exported bundle turns it off
     )
@@ -253,6 +257,9 @@ class MLMTrainer:
         self.checkpoints.remove_leftovers()
         self.metrics = MetricsLog(self.output_dir, context, self.accelerator, config.trackers, show_progress, on_step)
         self.group_of_language = self.model_config.language_to_group()
+        # MoE runs log their routers: the auxiliary loss and every expert's share of the tokens per routed block
+        # and per language (metrics.jsonl and the trackers).
+        self.expert_load = ExpertLoad.for_model(self.model_config, self.device) if self.model_config.is_moe else None
         self.compute_seconds = 0.0  # training steps and evaluation forwards: what is not overhead
         self._eval_batches = None
 
@@ -349,16 +356,22 @@ class MLMTrainer:
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def train_step(self, model, optimizer, scheduler, sampler, step):
-        """One optimizer step over `accumulation` micro-batches: (mean loss over the global batch, tokens, norm)."""
-        loss_sum, tokens = 0.0, 0
+        """One optimizer step over `accumulation` micro-batches: (mean loss over the global batch, tokens, norm,
+        mean auxiliary loss or None). A MoE's loss includes router_aux_loss_coef x its auxiliary loss."""
+        loss_sum, aux_sum, tokens = 0.0, 0.0, 0
         for micro in range(self.accumulation):
             batch = self.micro_batch(sampler, step, micro)
             started = time.perf_counter()
             with self.autocast():
-                loss = model(**batch).loss
-            (loss / self.accumulation).backward()
+                output = model(**batch, output_router_logits=self.expert_load is not None)
+            (output.loss / self.accumulation).backward()
             self.compute_seconds += time.perf_counter() - started
-            loss_sum += loss.item()
+            if self.expert_load is not None:
+                self.expert_load.add(output.router_logits, batch["attention_mask"], batch["lang_ids"])
+                loss, aux = torch.stack([output.loss.detach().float(), output.aux_loss.detach().float()]).tolist()
+                loss_sum, aux_sum = loss_sum + loss, aux_sum + aux
+            else:
+                loss_sum += output.loss.item()
             tokens += int(batch["attention_mask"].sum())
         started = time.perf_counter()
         grad_norm = self._clip(model)
@@ -369,8 +382,8 @@ class MLMTrainer:
             torch.cuda.synchronize()  # the loss is read next anyway; this only makes the timing honest
         self.compute_seconds += time.perf_counter() - started
         slots = self.context.world_size * self.accumulation
-        mean_loss, tokens = self.context.sum([loss_sum / slots, tokens])
-        return mean_loss, tokens, grad_norm
+        mean_loss, tokens, mean_aux = self.context.sum([loss_sum / slots, tokens, aux_sum / slots])
+        return mean_loss, tokens, grad_norm, mean_aux if self.expert_load is not None else None
 
     def evaluate(self, model):
         """MLM loss per devtest language: the sum of token losses over all ranks' batches / the masked tokens."""
@@ -388,7 +401,7 @@ class MLMTrainer:
                     batch = batches[min(index, len(batches) - 1)]
                     compute_started = time.perf_counter()
                     with self.autocast():
-                        loss = model(**{k: v.to(self.device) for k, v in batch.items()}).loss.float()
+                        loss = masked_lm_loss(model(**{k: v.to(self.device) for k, v in batch.items()}), batch["labels"])
                     self.compute_seconds += time.perf_counter() - compute_started
                     if index < len(batches):
                         masked = (batch["labels"] != -100).sum().item()
@@ -433,7 +446,7 @@ class MLMTrainer:
         started, tokens_seen = time.perf_counter(), 0
         model.train()
         for step in range(start, config.max_steps):
-            mean_loss, tokens, grad_norm = self.train_step(model, optimizer, scheduler, sampler, step)
+            mean_loss, tokens, grad_norm, aux_loss = self.train_step(model, optimizer, scheduler, sampler, step)
             if not math.isfinite(mean_loss):
                 raise TrainingDiverged(
                     f"The training loss became {mean_loss} at step {step + 1}: stopping. The last good checkpoint is "
@@ -445,7 +458,9 @@ class MLMTrainer:
             self.metrics.step(done, mean_loss, throughput)
             if done % max(1, config.log_every) == 0 or done == config.max_steps:
                 self.metrics.log(done, {"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0],
-                                        "train/grad_norm": grad_norm, "train/tokens_per_s": throughput})
+                                        "train/grad_norm": grad_norm, "train/tokens_per_s": throughput,
+                                        **self._router_metrics(aux_loss)},
+                                 details=self._router_details())
             if config.eval_every and done % config.eval_every == 0 and done != config.max_steps:
                 self.metrics.log(done, {f"devtest/{k}": v for k, v in self.evaluate(model).items()})
             if config.checkpoint_every and done % config.checkpoint_every == 0:
@@ -464,6 +479,22 @@ class MLMTrainer:
             result["export_dir"] = str(self.export(model, devtest))
         self._write_json("results.json", result)
         return result
+
+    def _router_metrics(self, aux_loss):
+        """A MoE's auxiliary loss of this step and every expert's token share per routed block since the last log
+        (summed over the processes); nothing for MoL and dense runs."""
+        if self.expert_load is None:
+            return {}
+        self.expert_load.merge(self.context)
+        return {"train/aux_loss": aux_loss, **self.expert_load.metrics()}
+
+    def _router_details(self):
+        """The per-language shares, for metrics.jsonl only (too many series for a tracker); resets the counts."""
+        if self.expert_load is None:
+            return None
+        details = {"router/load_by_language": self.expert_load.by_language()}
+        self.expert_load.reset()
+        return details
 
     def _clip(self, model):
         if not self.config.max_grad_norm:
@@ -488,6 +519,16 @@ class MLMTrainer:
             export_bundle(state, self.model_config, self.tokenizer, target, card, self.config.push_to_hub)
         self.context.barrier()
         return target
+
+
+def masked_lm_loss(output, labels):
+    """The MLM loss alone: a MoE's `loss` also holds its weighted auxiliary loss, so its MLM loss is recomputed from
+    the logits of the masked positions (sparse prediction: in the order of labels[labels != -100])."""
+    if output.aux_loss is None:
+        return output.loss.float()
+    targets = labels.to(output.logits.device)
+    targets = targets[targets != -100] if output.logits.dim() == 2 else targets.reshape(-1)
+    return torch.nn.functional.cross_entropy(output.logits.float().reshape(-1, output.logits.shape[-1]), targets)
 
 
 def accumulation_steps(config, world_size):

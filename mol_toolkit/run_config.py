@@ -36,6 +36,15 @@ class RunConfig:
     group_layers: object = _key("dense", "Group-specific blocks: stacked, interleaved, lid / lid:a-b-c (the first a "
                                 "blocks, b shared, the last c: counted from the input side; also written "
                                 "first=a,shared=b,last=c), dense, all, or a list of block indices.", "model")
+    routing: str = _key("language", "language (MoL: each sentence through its language group's copy of the "
+                        "group_layers blocks), or the paper's MoE baselines (Section 5): token or sentence (a "
+                        "learned top-1 gate per routed block; language_groups are then not used).", "model")
+    num_experts: object = _key(None, "MoE: experts per routed block (>= 2; the paper's baseline: as many as MoL's "
+                               "groups).", "model")
+    router_noise_std: object = _key(None, "MoE: std of the Gaussian noise on the gate logits in training (null: "
+                                    "1.0, the project's choice; the paper gives no value).", "model")
+    router_aux_loss_coef: object = _key(None, "MoE: weight of the GShard load-balancing loss added to the MLM loss "
+                                        "(null: 0.01, the project's choice; the paper gives no value).", "model")
     vocab_size: object = _key(None, "Vocabulary size; null takes the tokenizer's size.", "model")
     hidden_size: int = _key(1024, "Hidden size (XLM-R large: 1024).", "model")
     num_hidden_layers: int = _key(24, "Number of blocks (XLM-R large: 24).", "model")
@@ -134,6 +143,17 @@ class RunConfig:
             raise ValueError("train_data is not set: give a source for the training text (see --help).")
         if self.devtest_data is None:
             raise ValueError("devtest_data is not set: give a source for the per-language devtest text.")
+        moe_keys = {k: getattr(self, k) for k in ("num_experts", "router_noise_std", "router_aux_loss_coef")}
+        if self.routing == "language" and any(v is not None for v in moe_keys.values()):
+            given = {k: v for k, v in moe_keys.items() if v is not None}
+            raise ValueError(f"{given} are options of the MoE baselines (routing: token or sentence); this run routes "
+                             "by language (routing: language): remove them, or set routing.")
+        if self.routing != "language" and self.num_experts is None:
+            raise ValueError(f"routing={self.routing!r} needs num_experts (>= 2; the paper's baseline: as many as "
+                             "MoL's groups, 5 for mol-30).")
+        if self.routing != "language" and self.group_layers in ("dense", []):
+            raise ValueError(f"routing={self.routing!r} routes the group_layers blocks, and group_layers="
+                             f"{self.group_layers!r} has none: give e.g. group_layers: stacked (the paper's 6-12-6).")
         return self
 
     def to_dict(self):
@@ -235,6 +255,10 @@ CHECKS = {
                        "comma-separated string"),
     "language_groups": kinds(str, dict, what="'paper', 'per-language', 'single', a mapping or a groups.json path"),
     "group_layers": kinds(str, list, what="a layout name or a list of block indices"),
+    "routing": one_of(("language", "token", "sentence")),
+    "num_experts": integer(2, optional=True),
+    "router_noise_std": real(0, optional=True),
+    "router_aux_loss_coef": real(0, optional=True),
     "vocab_size": integer(1, optional=True),
     "hidden_size": integer(1),
     "num_hidden_layers": integer(1),

@@ -78,7 +78,8 @@ def render_model_card(config, mol_config, devtest, train_sizes):
         language=sorted({code.split("_")[0] for code in mol_config.languages}),  # ISO 639-3, as FLORES codes begin
         library_name="transformers",
         pipeline_tag="fill-mask",
-        tags=["mol", "mixture-of-languages", "multilingual", "custom_code", "masked-language-modeling"],
+        tags=["mol", "mixture-of-languages", "multilingual", "custom_code", "masked-language-modeling",
+              *(["moe", "mixture-of-experts"] if mol_config.is_moe else [])],
         datasets=hub_datasets or None,
     )
     values = {
@@ -96,6 +97,8 @@ def render_model_card(config, mol_config, devtest, train_sizes):
         "sampling": f"{config.sampling} (T={config.sampling_temperature})" if config.sampling == "temperature"
         else config.sampling, "mlm_probability": config.mlm_probability, "mixed_precision": config.mixed_precision,
         "first_language": mol_config.languages[0], "repo_id": config.push_to_hub or "path/to/this/folder",
-        "udhr_notice": udhr, "license": config.license,
+        "udhr_notice": udhr, "license": config.license, "routing": mol_config.routing,
+        "num_experts": mol_config.num_experts, "router_noise_std": mol_config.router_noise_std,
+        "router_aux_loss_coef": mol_config.router_aux_loss_coef,
     }
     return str(ModelCard.from_template(card_data, template_path=str(MODEL_CARD), **values))

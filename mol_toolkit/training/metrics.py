@@ -34,12 +34,13 @@ class MetricsLog:
         if self.on_step is not None:
             self.on_step(step, loss, tokens_per_s)
 
-    def log(self, step, values):
+    def log(self, step, values, details=None):
+        """`values` (scalars) go to the trackers and metrics.jsonl; `details` (nested values) to metrics.jsonl only."""
         if self.accelerator is not None:
             self.accelerator.log(values, step=step)
         if self.context.is_main:
             with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": step, **values}) + "\n")
+                handle.write(json.dumps({"step": step, **values, **(details or {})}) + "\n")
 
     def close(self):
         if self.progress is not None:
