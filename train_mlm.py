@@ -28,9 +28,13 @@ def parse_args(argv=None):
 
 
 def print_dry_run(plan):
-    print(f"Model: {plan['parameters']:,} parameters, {plan['active_parameters']:,} active per sentence; "
-          f"{len(plan['languages'])} languages in {max(1, len(plan['language_groups']))} group(s); "
-          f"group-specific blocks {plan['group_layers'] or 'none'}.")
+    if plan["routing"] == "language":
+        routing = (f"{len(plan['languages'])} languages in {max(1, len(plan['language_groups']))} group(s); "
+                   f"group-specific blocks {plan['group_layers'] or 'none'}")
+    else:
+        routing = (f"{len(plan['languages'])} languages; {plan['num_experts']} experts per routed block, learned "
+                   f"{plan['routing']}-level top-1 routing; routed blocks {plan['group_layers']}")
+    print(f"Model: {plan['parameters']:,} parameters, {plan['active_parameters']:,} active per sentence; {routing}.")
     print(f"Batch: {plan['sentences_per_device']} sentences per device x {plan['world_size']} process(es) x "
           f"{plan['gradient_accumulation_steps']} accumulation step(s) = {plan['global_batch']} per step; "
           f"{plan['max_steps']} steps.")

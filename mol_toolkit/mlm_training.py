@@ -156,6 +156,7 @@ def dry_run(config, world_size=1):
     devtest = per_language_sources(config.devtest_data, codes, "devtest_data")
     return {
         "languages": codes, "language_groups": groups, "group_layers": mol_config.group_layers,
+        "routing": mol_config.routing, "num_experts": mol_config.num_experts,
         "parameters": total, "active_parameters": active, "world_size": world_size,
         "sentences_per_device": config.sentences_per_device, "gradient_accumulation_steps": accumulation,
         "global_batch": config.sentences_per_device * world_size * accumulation, "max_steps": config.max_steps,
