@@ -5,6 +5,8 @@ averaging, several models side by side; and the LID probe that chooses the group
         --model google-bert/bert-base-multilingual-cased --tasks mol-table11 --output-dir runs/eval
     python evaluate_mol.py lid-probe --model runs/dense/model --languages eng_Latn,fra_Latn,rus_Cyrl --output-dir runs/lid
     python evaluate_mol.py lid-probe --preset paper --model my-org/dense-baseline --output-dir runs/lid-paper
+    python evaluate_mol.py routing --model runs/moe30_token/model --preset paper --figure-languages \
+        eng_Latn,fra_Latn,khm_Khmr --mteb-tasks MassiveIntentClassification --output-dir runs/routing
 """
 
 import argparse
@@ -79,6 +81,59 @@ def add_lid_probe_arguments(parser):
     parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
 
 
+def add_routing_arguments(parser):
+    parser.add_argument("--model", required=True, help="A MoE baseline (routing token or sentence): a bundle folder "
+                        "or a Hub repo id.")
+    parser.add_argument("--preset", choices=["udhr", "paper"], default="udhr",
+                        help="udhr (default): the shipped UDHR sample's devtest split, offline, 50 batches; paper: "
+                        "FLORES-200 devtest (FLORES+ on the Hub, gated), 500 batches (Figure 4, Table 7).")
+    parser.add_argument("--data", help="The devtest text instead of the preset's: a path or a mapping as in "
+                        "train_mlm.py ('{lang}' is the code, '{flores_plus}' its FLORES+ name), YAML flow syntax.")
+    parser.add_argument("--languages", help="A preset (mol-30, ...) or comma-separated codes (default: every language "
+                        "the model was trained on).")
+    parser.add_argument("--figure-languages", help="The histogram's panels (default: English, French and Khmer where "
+                        "analysed, as Figure 4; else the first three).")
+    parser.add_argument("--batches", type=int, help="Random batches per language for the histogram (default: the "
+                        "preset's).")
+    parser.add_argument("--batch-size", type=int, default=32, help="Sentences per batch (default 32).")
+    parser.add_argument("--max-sentences", type=int, help="At most this many devtest sentences per language.")
+    parser.add_argument("--max-length", type=int, help="Tokens per sentence (default: the position table's, <= 512).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the batches and of the random routing (default 0).")
+    parser.add_argument("--mteb-tasks", help="Also score these mteb tasks (or a preset) with learned and with random "
+                        "routing (the paper: MassiveIntentClassification, English).")
+    parser.add_argument("--output-dir", required=True, help="Where routing.json, expert_histogram.* and "
+                        "learned_vs_random.* go.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an earlier analysis in --output-dir.")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16.")
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+
+
+def run_routing(args):
+    import yaml
+
+    from mol_toolkit.evaluation.routing_analysis import analyse
+
+    try:
+        data = yaml.safe_load(args.data) if args.data else None
+    except yaml.YAMLError as error:
+        raise ValueError(f"--data {args.data!r} is not a path or a YAML mapping: {error}") from None
+    result = analyse(args.model, args.output_dir, preset=args.preset, data=data, languages=args.languages,
+                     figure=args.figure_languages, batches=args.batches, batch_size=args.batch_size,
+                     max_sentences=args.max_sentences, max_length=args.max_length, seed=args.seed,
+                     mteb_tasks=args.mteb_tasks, overwrite=args.overwrite, device=args.device, dtype=args.dtype,
+                     show_progress=not args.no_progress)
+    losses = result["mean_loss"]
+    print(f"{result['routing']}-level MoE, {result['num_experts']} experts, routed blocks {result['routed_blocks']}: "
+          f"devtest MLM loss {losses['learned']:.4f} learned vs {losses['random']:.4f} random routing "
+          f"(mean over {len(result['languages'])} languages).")
+    if "mteb" in result:
+        print(f"MTEB average: learned {result['mteb']['learned']}, random {result['mteb']['random']}.")
+    collapsed = result["collapsed_languages"]
+    print(f"Routing collapse (>= 90% of a language's tokens on one expert): {collapsed or 'none'}.")
+    print(f"Wrote {Path(args.output_dir) / 'routing.json'}, expert_histogram.md/.csv/.png, learned_vs_random.md/.csv.")
+
+
 def run_lid_probe(args):
     import yaml
 
@@ -135,9 +190,12 @@ def main(argv=None):
     add_mteb_arguments(commands.add_parser("mteb", help="MTEB tasks, the papers' way."))
     add_lid_probe_arguments(commands.add_parser("lid-probe", help="The LID probe that chooses the group-specific "
                                                 "blocks (Mixture of Languages, Section 3.5, Figure 3)."))
+    add_routing_arguments(commands.add_parser("routing", help="The router analysis of the MoE baselines (Mixture of "
+                                              "Languages, Section 5.1, Figure 4, Appendix A)."))
     args = parser.parse_args(argv)
+    commands = {"lid-probe": run_lid_probe, "mteb": run_mteb, "routing": run_routing}
     try:
-        run_lid_probe(args) if args.command == "lid-probe" else run_mteb(args)
+        commands[args.command](args)
     except ValueError as error:
         print(f"evaluate_mol.py: error: {error}", file=sys.stderr)
         return 2

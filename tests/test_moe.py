@@ -378,3 +378,70 @@ def test_bad_moe_run_configs_are_refused_before_any_work(overrides, message):
 
     with pytest.raises(ValueError, match=message):
         load_run_config(PROJECT / "configs" / "tiny_udhr.yaml", overrides)
+
+
+# -- training under FSDP2 and the clean-interpreter bundle -----------------------------------------------------------
+
+CLEAN_CHECK = """
+import sys, importlib.util, torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+assert importlib.util.find_spec('modeling_mol') is None, 'the project is importable: not a clean interpreter'
+path, target = sys.argv[1], sys.argv[2]
+model = AutoModelForMaskedLM.from_pretrained(path, trust_remote_code=True).eval()
+assert type(model).__module__.startswith('transformers_modules'), type(model)
+batch = AutoTokenizer.from_pretrained(path, trust_remote_code=True)(
+    ['Everyone has the right to life.', 'Tout individu a droit à la vie.'], padding=True, return_tensors='pt')
+with torch.no_grad():
+    output = model(**batch, output_router_logits=True)
+torch.save({'logits': output.logits, 'router_logits': output.router_logits, 'aux_loss': output.aux_loss}, target)
+"""
+
+
+@pytest.mark.slow
+def test_two_process_fsdp2_moe_run_trains_logs_its_routers_and_exports_a_bundle_for_a_clean_interpreter(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_train_mlm import launch_on_cpu, read_metrics
+
+    out = tmp_path / "moe"
+    run = launch_on_cpu(2, "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--max-steps", "40",
+                        "--checkpoint-every", "0", "--eval-every", "0", "--log-every", "5", "--trackers", "[]",
+                        "--routing", "token", "--num-experts", "3")
+    assert run.returncode == 0, run.stderr[-3000:]
+    reports = [json.loads((out / f"sharding-rank{rank}.json").read_text()) for rank in range(2)]
+    expert_weight = "mol.encoder.layer.0.intermediate.weight"
+    assert reports[0][expert_weight]["placements"] == ["S(0)"]
+    assert reports[0][expert_weight]["local_numel"] + reports[1][expert_weight]["local_numel"] == \
+        reports[0][expert_weight]["numel"] > max(reports[0][expert_weight]["local_numel"], reports[1][expert_weight]["local_numel"])
+    assert reports[0]["mol.encoder.layer.0.router.gate.weight"]["dtensor"]
+
+    metrics = read_metrics(out)
+    assert metrics[40]["train/loss"] < metrics[5]["train/loss"] - 0.3
+    for step in (5, 40):
+        assert 1.0 <= metrics[step]["train/aux_loss"] < 3.0  # 1 at balance, 3 (= experts) at collapse
+        for block in (0, 1):
+            shares = [metrics[step][f"router/block{block}/expert{e}"] for e in range(3)]
+            assert sum(shares) == pytest.approx(1.0) and all(0 <= s <= 1 for s in shares)
+        by_language = metrics[step]["router/load_by_language"]
+        assert set(by_language) == {"eng_Latn", "deu_Latn", "fra_Latn", "spa_Latn", "rus_Cyrl", "arb_Arab"}
+        assert all(sum(shares) == pytest.approx(1.0) for blocks in by_language.values() for shares in blocks.values())
+
+    target = tmp_path / "clean.pt"
+    clean = subprocess.run([sys.executable, "-I", "-c", CLEAN_CHECK, str(out / "model"), str(target)], cwd=tmp_path,
+                           capture_output=True, stdin=subprocess.DEVNULL, text=True,
+                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    from transformers import AutoTokenizer
+
+    reference = MoLForMaskedLM.from_pretrained(out / "model").eval()
+    assert reference.config.routing == "token" and not reference.config.sparse_prediction
+    batch = AutoTokenizer.from_pretrained(out / "model")(
+        ["Everyone has the right to life.", "Tout individu a droit à la vie."], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = reference(**batch, output_router_logits=True)
+    got = torch.load(target)
+    assert torch.equal(got["logits"], expected.logits) and torch.equal(got["aux_loss"], expected.aux_loss)
+    assert all(torch.equal(a, b) for a, b in zip(got["router_logits"], expected.router_logits))

@@ -48,7 +48,8 @@ def position_limit(config):
 
 def routes_by_language(config):
     """A MoL model with group-specific blocks needs each text's language; a dense MoL and other encoders do not."""
-    return getattr(config, "model_type", None) == "mol" and bool(config.group_layers) and config.num_groups > 1
+    return (getattr(config, "model_type", None) == "mol" and getattr(config, "routing", "language") == "language"
+            and bool(config.group_layers) and config.num_groups > 1)
 
 
 class SentenceEncoder:
@@ -63,10 +64,12 @@ class SentenceEncoder:
             table allows (and at most 512).
         revision: Hub revision of the model.
         show_progress_bar: a progress bar over the batches of each `encode` call.
+        random_routing_seed: a MoE baseline only: route to uniformly random experts drawn from this seed instead of
+            the learned router (the paper's Appendix A comparison); None (the default) keeps the learned routing.
     """
 
     def __init__(self, model_name_or_path, *, device=None, dtype="auto", batch_size=32, max_length=None,
-                 revision=None, show_progress_bar=True, trust_remote_code=True):
+                 revision=None, show_progress_bar=True, trust_remote_code=True, random_routing_seed=None):
         from transformers import AutoConfig
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -83,6 +86,13 @@ class SentenceEncoder:
         except (OSError, ValueError) as error:
             raise EncoderLoadError(f"Cannot load model {model_name_or_path!r}: {error}") from None
         self.routes = routes_by_language(self.config)
+        if random_routing_seed is not None:
+            if getattr(self.config, "routing", "language") == "language":
+                raise ValueError(f"random_routing_seed={random_routing_seed!r}: {model_name_or_path!r} has no learned "
+                                 "router (random routing is the MoE baselines' comparison).")
+            if isinstance(random_routing_seed, bool) or not isinstance(random_routing_seed, int):
+                raise ValueError(f"random_routing_seed must be an integer, got {random_routing_seed!r}.")
+        self.random_routing_seed = random_routing_seed
         self.languages = list(getattr(self.config, "languages", None) or []) if self.routes else None
         limit = position_limit(self.config)
         self.max_length_limit = min(limit, 512) if limit else 512
@@ -120,6 +130,8 @@ class SentenceEncoder:
             except TypeError:
                 model = AutoModel.from_pretrained(self.name, **kwargs)
             self._model = model.to(self.device).eval()
+            if self.random_routing_seed is not None:
+                self._model.set_random_routing(self.random_routing_seed)
         return self._model
 
     @property
