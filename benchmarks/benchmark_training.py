@@ -1,9 +1,12 @@
-"""Tokens/s of one MLM training step (forward, backward, AdamW step):
+"""Tokens/s of one MLM training step (forward, backward, AdamW step), and inference latency:
 
-1. dense vs MoL at equal active parameters (the same sizes; MoL's group-specific blocks hold G weight copies but
-   each token uses one), goal: MoL step time at most 1.05x dense;
+1. dense vs MoL vs the paper's MoE baselines (token- and sentence-level routing, as many experts as MoL has groups,
+   the same routed blocks) at equal active parameters (each token uses one copy of every block), goals: MoL step
+   time at most 1.05x dense, MoE at most 1.15x;
 2. MoL's padding-free path vs transformers' XLMRobertaForMaskedLM (padded batch, logits at every position) on
-   the same FLORES-like length mix, goal: at least 2x.
+   the same FLORES-like length mix, goal: at least 2x;
+3. inference latency of dense, MoL and the MoEs on --inference-sentences sentences of one language (the paper's
+   Table 13: 1k FLORES sentences in English, MoE far slower than MoL and dense).
 
     python benchmarks/benchmark_training.py                      # CPU-sized defaults
     python benchmarks/benchmark_training.py --size large --sentences 256 --dtype bf16   # on a GPU
@@ -15,10 +18,14 @@ tokens with a long tail (max ~90 here); they are drawn from a log-normal with th
 import argparse
 import json
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the model packages, from any working directory
 
 
 SIZES = {  # hidden, layers, heads, ffn, vocab
@@ -49,16 +56,18 @@ def make_batch(lengths, vocab, num_languages, device, seed=0):
                                              lang_ids=lang_ids).items()}
 
 
-def mol_model(size, num_groups, layout, device, dtype):
+def mol_model(size, num_groups, layout, device, dtype, routing="language"):
+    """Dense (layout 'dense'), MoL (one group per language) or a MoE (routing token/sentence, num_groups experts)."""
     from configuration_mol import MoLConfig
     from modeling_mol import MoLForMaskedLM
 
     hidden, layers, heads, ffn, vocab = SIZES[size]
     languages = [f"l{g:02d}_Latn" for g in range(num_groups)]
-    groups = {f"g{g:02d}": [code] for g, code in enumerate(languages)} if layout != "dense" else {}
+    groups = {f"g{g:02d}": [code] for g, code in enumerate(languages)} if layout != "dense" and routing == "language" else {}
+    moe = {"num_experts": num_groups} if routing != "language" else {}
     config = MoLConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                        intermediate_size=ffn, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                       languages=languages, language_groups=groups, group_layers=layout,
+                       languages=languages, language_groups=groups, group_layers=layout, routing=routing, **moe,
                        sparse_prediction=True)  # as train_mlm.py trains: MLM logits at the masked positions only
     return MoLForMaskedLM(config).to(device=device, dtype=dtype)
 
@@ -98,6 +107,28 @@ def time_steps(model, batch, steps, warmup):
     return float(np.median(forward_backward)), float(np.median(optimizer_step))
 
 
+@torch.inference_mode()
+def time_inference(model, lengths, vocab, batch_size, repeats, device):
+    """Median seconds to encode every sentence of `lengths` (one language, batches of `batch_size`) with the bare
+    encoder in eval mode, over `repeats` runs after one warm-up."""
+    encoder = model.mol.eval() if hasattr(model, "mol") else model.roberta.eval()
+    batches = [make_batch(lengths[start:start + batch_size], vocab, 1, device, seed=start)
+               for start in range(0, len(lengths), batch_size)]
+    times = []
+    for index in range(repeats + 1):
+        _synchronize()
+        start = time.perf_counter()
+        for batch in batches:
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            if hasattr(model, "mol"):
+                inputs["lang_ids"] = batch["lang_ids"]
+            encoder(**inputs)
+        _synchronize()
+        if index:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
@@ -107,9 +138,16 @@ def main():
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--inference-sentences", type=int, default=1000, help="sentences encoded for the latency "
+                        "rows (the paper's Table 13: 1k)")
+    parser.add_argument("--inference-batch-size", type=int, default=64)
+    parser.add_argument("--inference-repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: on a shared "
+                        "2-core machine torch's default is many times slower when the machine is busy)")
     parser.add_argument("--out", default="benchmark_training.json")
     args = parser.parse_args()
 
+    torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     torch.manual_seed(0)
@@ -118,33 +156,52 @@ def main():
     real_tokens = int(lengths.sum())
     padded_tokens = int(len(lengths) * lengths.max())
 
+    mol_name = f"mol-{args.layout}-{args.groups}g"
+    builds = [("dense", lambda: mol_model(args.size, args.groups, "dense", device, dtype)),
+              (mol_name, lambda: mol_model(args.size, args.groups, args.layout, device, dtype)),
+              (f"moe-token-{args.groups}e", lambda: mol_model(args.size, args.groups, args.layout, device, dtype, "token")),
+              (f"moe-sentence-{args.groups}e", lambda: mol_model(args.size, args.groups, args.layout, device, dtype,
+                                                                  "sentence")),
+              ("xlmr-padded", lambda: xlmr_model(args.size, device, dtype))]
+    inference_lengths = flores_like_lengths(args.inference_sentences, seed=1)
     rows = {}
-    for name, build in [("dense", lambda: mol_model(args.size, args.groups, "dense", device, dtype)),
-                        (f"mol-{args.layout}-{args.groups}g", lambda: mol_model(args.size, args.groups, args.layout,
-                                                                                device, dtype)),
-                        ("xlmr-padded", lambda: xlmr_model(args.size, device, dtype))]:
+    for name, build in builds:
         model = build().train()
         forward_backward, optimizer_step = time_steps(model, batch, args.steps, args.warmup)
         seconds = forward_backward + optimizer_step
         rows[name] = {"step_s": seconds, "forward_backward_s": forward_backward, "optimizer_s": optimizer_step,
                       "tokens_per_s": real_tokens / seconds,
-                      "parameters": sum(p.numel() for p in model.parameters())}
+                      "parameters": sum(p.numel() for p in model.parameters()),
+                      "inference_s": time_inference(model, inference_lengths, SIZES[args.size][4],
+                                                    args.inference_batch_size, args.inference_repeats, device)}
         del model
-    dense, mol, xlmr = rows["dense"], rows[f"mol-{args.layout}-{args.groups}g"], rows["xlmr-padded"]
+    dense, mol, xlmr = rows["dense"], rows[mol_name], rows["xlmr-padded"]
+    moe = {level: rows[f"moe-{level}-{args.groups}e"] for level in ("token", "sentence")}
     summary = {
         "mol_over_dense_step_time": mol["step_s"] / dense["step_s"],
         "mol_over_dense_forward_backward": mol["forward_backward_s"] / dense["forward_backward_s"],
+        **{f"moe_{level}_over_dense_step_time": row["step_s"] / dense["step_s"] for level, row in moe.items()},
+        **{f"{name}_over_dense_inference": rows[key]["inference_s"] / dense["inference_s"]
+           for name, key in (("mol", mol_name), ("moe_token", f"moe-token-{args.groups}e"),
+                             ("moe_sentence", f"moe-sentence-{args.groups}e"))},
         "padding_free_speedup_vs_xlmr": xlmr["step_s"] / dense["step_s"],
         "padding_share": 1 - real_tokens / padded_tokens,
     }
     print(f"{args.size} model, {args.sentences} sentences ({real_tokens} real tokens, "
-          f"{summary['padding_share']:.0%} of the padded batch is padding), {args.dtype} on {device}")
-    print(f"{'model':<24}{'parameters':>12}{'fwd+bwd (ms)':>14}{'AdamW (ms)':>12}{'step (ms)':>12}{'tokens/s':>12}")
+          f"{summary['padding_share']:.0%} of the padded batch is padding), {args.dtype} on {device}, "
+          f"{args.threads} intra-op thread(s); inference: {args.inference_sentences} sentences of one language")
+    print(f"{'model':<24}{'parameters':>12}{'fwd+bwd (ms)':>14}{'AdamW (ms)':>12}{'step (ms)':>12}{'tokens/s':>12}"
+          f"{'inference (s)':>15}")
     for name, row in rows.items():
         print(f"{name:<24}{row['parameters'] / 1e6:>11.1f}M{row['forward_backward_s'] * 1e3:>14.1f}"
-              f"{row['optimizer_s'] * 1e3:>12.1f}{row['step_s'] * 1e3:>12.1f}{row['tokens_per_s']:>12,.0f}")
+              f"{row['optimizer_s'] * 1e3:>12.1f}{row['step_s'] * 1e3:>12.1f}{row['tokens_per_s']:>12,.0f}"
+              f"{row['inference_s']:>15.3f}")
     print(f"MoL / dense step time: {summary['mol_over_dense_step_time']:.3f}x (goal <= 1.05x); forward+backward "
           f"alone {summary['mol_over_dense_forward_backward']:.3f}x")
+    for level in ("token", "sentence"):
+        print(f"MoE ({level}) / dense step time: {summary[f'moe_{level}_over_dense_step_time']:.3f}x (goal <= 1.15x); "
+              f"inference {summary[f'moe_{level}_over_dense_inference']:.3f}x")
+    print(f"MoL / dense inference: {summary['mol_over_dense_inference']:.3f}x")
     print(f"padding-free speed-up over XLMRobertaForMaskedLM: {summary['padding_free_speedup_vs_xlmr']:.2f}x "
           "(goal >= 2x)")
     environment = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if device == "cuda" else
