@@ -248,6 +248,38 @@ def test_the_expert_weighting_leaves_the_forward_value_unchanged():
     assert torch.equal(model.mol(input_ids=ids, attention_mask=mask).last_hidden_state.detach(), frozen)
 
 
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_recomputes_the_same_routing_and_gradients(reentrant):
+    """The noise is redrawn identically in the recomputation (the RNG state is kept) and the aux loss keeps its
+    graph through reentrant checkpointing (the layer returns tensors only)."""
+    ids, mask = random_batch(seed=14)
+    labels = ids.masked_fill(mask == 0, -100)
+    grads = []
+    for checkpointing in (False, True):
+        model = diverse_moe("sentence").train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        torch.manual_seed(1)
+        output = model(input_ids=ids, attention_mask=mask, labels=labels)
+        output.loss.backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any("router" in name for name in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_bf16_autocast_trains_a_moe(routing):
+    model = diverse_moe(routing).train()
+    ids, mask = random_batch(seed=15)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+    output.loss.backward()
+    assert torch.isfinite(output.loss) and torch.isfinite(output.aux_loss)
+    assert model.mol.encoder.layer[0].router.gate.weight.grad.abs().sum() > 0
+    assert model.mol.encoder.layer[0].intermediate.weight.grad.dtype == torch.float32
+
+
 # -- conventions, warm start, random routing -------------------------------------------------------------------------
 
 def test_languages_are_optional_and_change_nothing_for_a_moe():
