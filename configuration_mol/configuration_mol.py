@@ -7,6 +7,10 @@ nothing that a plain `torch` + `transformers` install lacks.
 import re
 
 from transformers import PretrainedConfig
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
 
 
 # The classes a checkpoint's `auto_map` points at. `save_pretrained` only writes the entry of the class being
@@ -315,8 +319,9 @@ class MoLConfig(PretrainedConfig):
                              f"(group_layers={self.group_layout!r}): give the routed blocks, e.g. group_layers='stacked' "
                              "(the paper's MoE: 6-12-6).")
         if self.language_groups:
-            raise ValueError(f"routing={self.routing!r} learns which expert each token goes to; language_groups "
-                             f"{list(self.language_groups)} route by language and would be ignored: remove them.")
+            # Kept (a tester's or a converted config may carry them) but never used to route: say so once.
+            logger.warning_once(f"routing={self.routing!r} learns which expert each token goes to: language_groups "
+                                f"{list(self.language_groups)} are kept in the config but not used for routing.")
         self.num_experts = experts
         self.router_noise_std = values["router_noise_std"]
         self.router_aux_loss_coef = values["router_aux_loss_coef"]
