@@ -6,6 +6,7 @@
     python group_languages.py --strategy token-overlap --languages eng_Latn,deu_Latn,... --num-groups 2 \
         --tokenizer FacebookAI/xlm-roberta-base --balance optimal
     python group_languages.py --strategy interference --languages mol-30 --num-groups 5 --matrix ORG/interference
+    python group_languages.py --strategy paper --languages mol-30 --swap spa_Latn:deu_Latn --out swapped.json
 
 Writes {"strategy", "language_groups", "report"}; `language_groups` is what MoLConfig(language_groups=...) reads.
 """
@@ -41,6 +42,9 @@ def parse_args(argv=None):
     parser.add_argument("--matrix", help="interference: a published interference dataset (Hub id, folder or file)")
     parser.add_argument("--seed", type=int, default=0, help="random: the seed")
     parser.add_argument("--plot", type=Path, help="dendrogram PNG for clustering strategies (default: beside --out)")
+    parser.add_argument("--swap", action="append", default=[], metavar="A:B",
+                        help="exchange two languages of different groups after grouping (Table 1 / Table 14: e.g. "
+                        "spa_Latn:deu_Latn); repeat for several swaps, applied in order")
     args = parser.parse_args(argv)
     if args.num_groups is None and args.strategy not in ("linguistic", "script", "paper"):
         parser.error(f"--strategy {args.strategy} needs --num-groups")
@@ -113,7 +117,12 @@ def main(argv=None):
         codes = resolve_languages(args.languages)
         counts = read_counts(args.counts) if args.counts else None
         matrix = load_interference_matrix(args.matrix, codes) if args.matrix else None
+        swaps = [g.parse_swap(swap) for swap in args.swap]  # malformed or unknown codes fail before any work
         grouping = make_groups(args, codes, counts, matrix)
+        if swaps:
+            grouping.language_groups = g.swap_languages(grouping.language_groups, swaps)
+            grouping.strategy = f"{grouping.strategy}+swaps"
+            grouping.notes["swaps"] = [f"{a}:{b}" for a, b in swaps]
     except (ValueError, RuntimeError) as error:
         print(f"group_languages.py: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -293,6 +293,41 @@ def interference_groups(codes, matrix, k, time_limit=60.0):
     return Grouping("interference", labels_to_groups(codes, labels), list(codes), cost, notes={"solver": report})
 
 
+# ---- swaps (Table 1 / Table 14) -----------------------------------------------------------------------------------
+def parse_swap(text):
+    """'spa_Latn:deu_Latn' (or a pair) -> (code, code), in the table's FLORES codes."""
+    if isinstance(text, (list, tuple)) and len(text) == 2:
+        pair = list(text)
+    elif isinstance(text, str) and text.count(":") == 1:
+        pair = [part.strip() for part in text.split(":")]
+    else:
+        raise ValueError(f"A swap is two language codes joined by ':', e.g. 'spa_Latn:deu_Latn'; got {text!r}.")
+    try:
+        a, b = (language(code).code for code in pair)
+    except (KeyError, ValueError) as error:
+        raise ValueError(f"Swap {text!r}: {error}") from None
+    if a == b:
+        raise ValueError(f"Swap {text!r} names {a} twice: a swap exchanges two languages of different groups.")
+    return a, b
+
+
+def swap_languages(language_groups, swaps):
+    """The groups with each swap's two languages exchanged, in order (each keeps the other's position). Every code
+    must be in a group, and the two of a swap in different groups (a swap within a group changes nothing)."""
+    groups = {name: list(members) for name, members in language_groups.items()}
+    for swap in swaps:
+        a, b = parse_swap(swap)
+        where = {code: name for name, members in groups.items() for code in members}
+        missing = [code for code in (a, b) if code not in where]
+        if missing:
+            raise ValueError(f"Swap {a}:{b}: {missing} in no group; the groups hold {sorted(where)}.")
+        if where[a] == where[b]:
+            raise ValueError(f"Swap {a}:{b}: both are in group {where[a]!r}; swap languages of two different groups.")
+        first, second = groups[where[a]], groups[where[b]]
+        first[first.index(a)], second[second.index(b)] = b, a
+    return groups
+
+
 # ---- report -------------------------------------------------------------------------------------------------------
 def within_group_pairs(grouping):
     position = {c: i for i, c in enumerate(grouping.codes)}

@@ -54,7 +54,12 @@ def resolve_languages_and_groups(config):
         groups = json.loads(path.read_text())["language_groups"]
     if not isinstance(groups, dict):
         raise ValueError(f"language_groups must be a mapping group -> codes, got {groups!r}.")
-    return codes, {str(name): [language_table.language(c).code for c in members] for name, members in groups.items()}
+    groups = {str(name): [language_table.language(c).code for c in members] for name, members in groups.items()}
+    if config.language_swaps:
+        from mol_toolkit.grouping import swap_languages
+
+        groups = swap_languages(groups, config.language_swaps)
+    return codes, groups
 
 
 def per_language_sources(spec, codes, role, overrides=None):

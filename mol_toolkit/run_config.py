@@ -33,6 +33,9 @@ class RunConfig:
     language_groups: object = _key("paper", "Groups: 'paper' (the paper's groups for a mol-30/mol-90 run), "
                                    "'per-language' (the language-specific topline), 'single' (one group), a mapping "
                                    "group -> codes, or a groups.json written by group_languages.py.", "model")
+    language_swaps: list = _list_key([], "Swaps applied to language_groups, each two codes of different groups "
+                                     "joined by ':' (the paper's Table 1 / Table 14: e.g. [spa_Latn:deu_Latn]).",
+                                     "model")
     group_layers: object = _key("dense", "Group-specific blocks: stacked, interleaved, lid / lid:a-b-c (the first a "
                                 "blocks, b shared, the last c: counted from the input side; also written "
                                 "first=a,shared=b,last=c), dense, all, or a list of block indices.", "model")
@@ -143,6 +146,9 @@ class RunConfig:
             raise ValueError("train_data is not set: give a source for the training text (see --help).")
         if self.devtest_data is None:
             raise ValueError("devtest_data is not set: give a source for the per-language devtest text.")
+        if self.language_swaps and (self.group_layers in ("dense", []) or self.routing != "language"):
+            raise ValueError(f"language_swaps {self.language_swaps} exchange languages between language groups, and "
+                             "this run has none (a dense model or a MoE): remove them, or give group_layers.")
         moe_keys = {k: getattr(self, k) for k in ("num_experts", "router_noise_std", "router_aux_loss_coef")}
         if self.routing == "language" and any(v is not None for v in moe_keys.values()):
             given = {k: v for k, v in moe_keys.items() if v is not None}
@@ -242,6 +248,11 @@ def strings(name, value):
         raise ValueError(f"{name} must be a list of names (e.g. [tensorboard], or [] for none), got {value!r}.")
 
 
+def swap_list(name, value):
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.count(":") == 1 for v in value):
+        raise ValueError(f"{name} must be a list of swaps 'code:code', e.g. [spa_Latn:deu_Latn], got {value!r}.")
+
+
 def hub_repo(name, value):
     if value is None:
         return
@@ -254,6 +265,7 @@ CHECKS = {
     "languages": kinds(str, list, tuple, optional=True, what="a preset name, a list of FLORES codes or a "
                        "comma-separated string"),
     "language_groups": kinds(str, dict, what="'paper', 'per-language', 'single', a mapping or a groups.json path"),
+    "language_swaps": swap_list,
     "group_layers": kinds(str, list, what="a layout name or a list of block indices"),
     "routing": one_of(("language", "token", "sentence")),
     "num_experts": integer(2, optional=True),
