@@ -258,6 +258,12 @@ class MLMTrainer:
             if context.is_main:
                 mlm_data.remove_dead_partials(config.cache_dir)  # a killed run's half-written tokenizations
             self.data = RunData(config, self.tokenizer, self.codes)
+        self.epochs = config.max_steps * config.sentences_per_device * context.world_size * self.accumulation / \
+            max(1, sum(self.data.sizes()))
+        if self.is_main and show_progress:
+            print(f"{config.max_steps} steps x {config.sentences_per_device * context.world_size * self.accumulation} "
+                  f"sentences = {self.epochs:.2f} epochs of the {sum(self.data.sizes()):,} training sentences "
+                  f"({config.sampling} sampling).")
         # Only now is anything written into the run folder: the lock first, then the checks again under it.
         self.folder.acquire(config.resume, config.overwrite)
         self.checkpoints.remove_leftovers()
@@ -480,7 +486,7 @@ class MLMTrainer:
         result = {"languages": self.codes, "language_groups": self.groups, "steps": config.max_steps,
                   "devtest_loss": devtest, "wall_time_s": time.perf_counter() - started, "seed": config.seed,
                   "compute_s": self.compute_seconds, "resumed_from_step": start,
-                  "gradient_accumulation_steps": self.accumulation}
+                  "gradient_accumulation_steps": self.accumulation, "epochs": self.epochs}
         if config.export or config.push_to_hub:
             result["export_dir"] = str(self.export(model, devtest))
         self._write_json("results.json", result)
