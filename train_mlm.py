@@ -5,6 +5,11 @@
 
 Every key of the run config can be overridden by a flag of the same name (see --help); --resume continues the
 newest checkpoint of --output-dir.
+
+    python train_mlm.py prepare-data --config configs/mol30_lid.yaml      # write the files the config trains on
+
+prepare-data reads the config's train_corpus / supplementary_corpus / devtest_corpus (Hub datasets or local files)
+into its train_data / devtest_data files, with its caps, top-up and deduplication (`prepare-data --help`).
 """
 
 import argparse
@@ -27,6 +32,34 @@ def parse_args(argv=None):
     return args.pop("config"), args.pop("dry_run"), args
 
 
+def parse_prepare_args(argv):
+    parser = argparse.ArgumentParser(prog="train_mlm.py prepare-data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML run config; its *_corpus keys are read, its *_data files written.")
+    parser.add_argument("--only", help="Only these languages (comma-separated codes; default: the config's).")
+    parser.add_argument("--parallel", help="Also write the devtest sentences as an n-way parallel jsonl (for "
+                        "group_languages.py --parallel).")
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    add_config_arguments(parser)
+    args = vars(parser.parse_args(argv))
+    options = {key: args.pop(key) for key in ("only", "parallel", "no_progress")}
+    return args.pop("config"), options, args
+
+
+def prepare_data(argv):
+    from mol_toolkit.data_preparation import prepare
+
+    config_path, options, overrides = parse_prepare_args(argv)
+    try:
+        config = load_run_config(config_path, overrides)
+        # --overwrite (the run key) prepares again a folder prepared under other settings.
+        prepare(config, options["only"], config.overwrite, options["parallel"], not options["no_progress"])
+    except ValueError as error:
+        print(f"train_mlm.py prepare-data: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def print_dry_run(plan):
     if plan["routing"] == "language":
         routing = (f"{len(plan['languages'])} languages in {max(1, len(plan['language_groups']))} group(s); "
@@ -47,6 +80,9 @@ def main(argv=None):
     from mol_toolkit.training.parallelism import die_with_launcher
 
     die_with_launcher()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["prepare-data"]:
+        return prepare_data(argv[1:])
     config_path, dry, overrides = parse_args(argv)
     try:
         config = load_run_config(config_path, overrides)

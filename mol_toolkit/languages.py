@@ -82,6 +82,15 @@ MOL_30 = [code for codes in PAPER_GROUPS_30.values() for code in codes]
 INTERFERENCE_83 = [code for code in language_table() if code in set(MOL_90)]
 
 PRESETS = {"mol-30": MOL_30, "mol-90": MOL_90, "interference-83": INTERFERENCE_83}
+
+# The papers' FLORES-200 codes that FLORES+ (openlanguagedata/flores_plus, the maintained FLORES on the Hub) renamed:
+# its config names. Every other code is its own FLORES+ name.
+FLORES_PLUS_NAMES = {"zho_Hans": "cmn_Hans", "zho_Hant": "cmn_Hant", "est_Latn": "ekk_Latn", "tgl_Latn": "fil_Latn"}
+
+
+def flores_plus_name(code):
+    """The FLORES+ config name of a FLORES-200 code."""
+    return FLORES_PLUS_NAMES.get(code, code)
 PAPER_GROUPS = {"mol-30": PAPER_GROUPS_30, "mol-90": PAPER_GROUPS_90}
 
 

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet", ".csv": "csv"}
 SOURCE_KEYS = ("path", "dataset", "name", "split", "text_field", "language_field", "split_field", "streaming",
-               "data_files")
+               "data_files", "revision", "pairs")
 CACHE_FORMAT = 1  # bump when the cached layout changes
 EVAL_SEED = 20250  # the same masked devtest batches for every model, whatever its seed
 TOKENIZATIONS = []  # (language, split) of every tokenization done by this process: the sweep's once-per-language check
@@ -49,9 +49,55 @@ def resolve_source(spec, lang, role):
     if ("path" in spec) == ("dataset" in spec):
         raise ValueError(f"The {role} source for {lang} needs exactly one of 'path' (local files) or 'dataset' "
                          f"(a Hub dataset id), got {spec!r}.")
-    filled = {k: v.replace("{lang}", lang) if isinstance(v, str) else v for k, v in spec.items()}
+    pairs = spec.get("pairs")
+    if pairs is not None and (not isinstance(pairs, (list, tuple)) or not pairs or not all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(f, str) for f in pair) for pair in pairs)):
+        raise ValueError(f"The {role} source for {lang} has pairs={pairs!r}: give [language field, text field] pairs, "
+                         "e.g. [[lang1, text1], [lang2, text2]] for bitext rows (NLLB).")
+    from .languages import flores_plus_name
+
+    filled = {k: v.replace("{lang}", lang).replace("{flores_plus}", flores_plus_name(lang)) if isinstance(v, str) else v
+              for k, v in spec.items()}
     filled.setdefault("text_field", "text")
     return filled
+
+
+def hub_access_error(dataset, role, error):
+    """A clear ValueError for a Hub dataset the token cannot read (gated: 401/403, or missing), else None."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    chain, seen = [], error
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    status = next((getattr(getattr(e, "response", None), "status_code", None) for e in chain
+                   if isinstance(e, HfHubHTTPError) and getattr(e, "response", None) is not None), None)
+    if any(isinstance(e, GatedRepoError) for e in chain) or status in (401, 403):
+        return ValueError(
+            f"The {role} dataset {dataset!r} is gated on the Hub (HTTP {status or '401/403'}): open "
+            f"https://huggingface.co/datasets/{dataset} while logged in, accept its conditions, then log in here with "
+            "that account (`hf auth login`, or set HF_TOKEN to one of its tokens) and run again.")
+    if any(isinstance(e, RepositoryNotFoundError) for e in chain):
+        return ValueError(f"The {role} dataset {dataset!r} does not exist on the Hub (or is private to another "
+                          "account): check the name, or log in with an account that can read it.")
+    return None
+
+
+def check_hub_dataset(source, role):
+    """Before any work: the Hub dataset of a source exists and this token may read it (gated datasets included).
+    Returns the commit it resolves to (the version the run reads), or None for a local source."""
+    from huggingface_hub import HfApi, constants
+
+    if "dataset" not in source or constants.HF_HUB_OFFLINE:  # offline: the cached copy is what will be read
+        return None
+
+    api = HfApi()
+    try:
+        api.auth_check(source["dataset"], repo_type="dataset")  # a gated dataset's files need accepted conditions
+        return api.dataset_info(source["dataset"], revision=source.get("revision")).sha
+    except Exception as error:
+        raise hub_access_error(source["dataset"], role, error) or ValueError(
+            f"The {role} dataset {source['dataset']!r} cannot be reached: {error}") from None
 
 
 def _local_files(source, lang, role):
@@ -81,9 +127,13 @@ def iter_texts(source, lang, role):
     else:
         try:
             rows = load_dataset(source["dataset"], source.get("name"), split=source.get("split", "train"),
-                                data_files=source.get("data_files"), streaming=streaming)
+                                data_files=source.get("data_files"), streaming=streaming, revision=source.get("revision"))
         except Exception as error:
-            raise ValueError(f"The {role} dataset {source['dataset']!r} for {lang} cannot be loaded: {error}") from error
+            raise hub_access_error(source["dataset"], role, error) or ValueError(
+                f"The {role} dataset {source['dataset']!r} for {lang} cannot be loaded: {error}") from error
+    if source.get("pairs"):
+        yield from _paired_texts(rows, source["pairs"], lang, role)
+        return
     text_field, language_field, split_field = source["text_field"], source.get("language_field"), source.get("split_field")
     for row in rows:
         where = row.pop("__where__", None) if isinstance(row, dict) else None
@@ -98,6 +148,19 @@ def iter_texts(source, lang, role):
         text = row[text_field]
         if isinstance(text, str) and text.strip():
             yield text.strip()
+
+
+def _paired_texts(rows, pairs, lang, role):
+    """Bitext rows (NLLB's lang1/text1/lang2/text2): every side whose language field is `lang`."""
+    for row in rows:
+        row.pop("__where__", None)
+        for language_field, text_field in pairs:
+            if language_field not in row or text_field not in row:
+                raise ValueError(f"The {role} source for {lang} has pairs {pairs}, but a row has the fields "
+                                 f"{sorted(row)}.")
+            text = row[text_field]
+            if row[language_field] == lang and isinstance(text, str) and text.strip():
+                yield text.strip()
 
 
 def _read_lines(files, builder, role, lang):
@@ -137,26 +200,36 @@ def _read_lines(files, builder, role, lang):
             yield {**record, "__where__": f"{file}, line {number}"} if isinstance(record, dict) else record
 
 
-def collect_texts(lang, sources, max_sentences, min_sentences, deduplicate, role):
+def collect_texts(lang, sources, max_sentences, min_sentences, deduplicate, role, stats=None, progress=None):
     """Up to max_sentences texts of `lang` from the primary source; languages under min_sentences are topped up
-    from the supplementary source. Exact repeats are dropped (first occurrence kept)."""
+    from the supplementary source. Exact repeats are dropped (first occurrence kept). `stats` (a dict) receives
+    the counts: from the primary source, from the supplementary one, duplicates dropped, and whether the cap cut
+    the primary source short; `progress` (a tqdm bar) is advanced per kept text."""
     primary, supplementary = sources
     seen, texts = set(), []
+    counts = {"primary": 0, "supplementary": 0, "duplicates_dropped": 0, "capped": False}
 
-    def take(source, limit, what):
+    def take(source, limit, what, part):
         for text in iter_texts(source, lang, what):
             if limit is not None and len(texts) >= limit:
+                counts["capped"] = counts["capped"] or part == "primary"
                 return
             if deduplicate:
                 digest = hashlib.blake2b(text.encode(), digest_size=12).digest()
                 if digest in seen:
+                    counts["duplicates_dropped"] += 1
                     continue
                 seen.add(digest)
             texts.append(text)
+            counts[part] += 1
+            if progress is not None:
+                progress.update(1)
 
-    take(primary, max_sentences, role)
+    take(primary, max_sentences, role, "primary")
     if supplementary is not None and min_sentences and len(texts) < min_sentences:
-        take(supplementary, min(min_sentences, max_sentences or min_sentences), "supplementary_data")
+        take(supplementary, min(min_sentences, max_sentences or min_sentences), "supplementary_data", "supplementary")
+    if stats is not None:
+        stats.update(counts)
     if not texts:
         raise ValueError(f"The {role} source for {lang} ({_describe(primary)}) holds no text for {lang}.")
     return texts

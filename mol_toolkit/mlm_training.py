@@ -177,6 +177,11 @@ class RunData:
         train_sources = per_language_sources(config.train_data, codes, "train_data", config.train_data_overrides)
         devtest_sources = per_language_sources(config.devtest_data, codes, "devtest_data")
         supplementary = config.supplementary_data
+        checked = set()  # a gated or missing Hub dataset fails here, with its own message, before any reading
+        for source in [*train_sources.values(), *devtest_sources.values()]:
+            if "dataset" in source and source["dataset"] not in checked:
+                checked.add(source["dataset"])
+                mlm_data.check_hub_dataset(source, "train_data" if source in train_sources.values() else "devtest_data")
         self.codes = codes
         self.train, self.devtest = [], []
         for code in codes:

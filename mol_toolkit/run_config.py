@@ -71,6 +71,13 @@ class RunConfig:
                                       "synthetic data).", "data")
     devtest_data: object = _key(None, "Devtest source per language (FLORES-200 devtest in the paper), same form "
                                 "as train_data.", "data")
+    train_corpus: object = _key(None, "prepare-data: where the training text comes from (a Hub dataset or local "
+                                "files, the same form as train_data; 'pairs: [[lang1, text1], [lang2, text2]]' reads "
+                                "bitext rows such as NLLB's); written into the train_data files.", "data")
+    supplementary_corpus: object = _key(None, "prepare-data: the source that tops up languages under min_sentences "
+                                        "(NLLB's synthetic data in the paper).", "data")
+    devtest_corpus: object = _key(None, "prepare-data: the devtest text (FLORES+ in the paper presets; '{flores_plus}' "
+                                  "is a code's FLORES+ name); written into the devtest_data files.", "data")
     max_sentences: object = _key(25_000_000, "At most this many sentences per language (null: no cap).", "data")
     min_sentences: object = _key(5_000_000, "Languages under this are topped up from supplementary_data.", "data")
     deduplicate: bool = _key(True, "Drop exact repeats of a sentence within a language.", "data")
@@ -285,6 +292,9 @@ CHECKS = {
     "train_data_overrides": kinds(dict, optional=True, what="a mapping language -> source"),
     "supplementary_data": kinds(str, dict, **_SOURCE),
     "devtest_data": kinds(str, dict, **_SOURCE),
+    "train_corpus": kinds(str, dict, **_SOURCE),
+    "supplementary_corpus": kinds(str, dict, **_SOURCE),
+    "devtest_corpus": kinds(str, dict, **_SOURCE),
     "max_sentences": integer(1, optional=True),
     "min_sentences": integer(0, optional=True),
     "deduplicate": boolean,

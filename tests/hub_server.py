@@ -75,6 +75,7 @@ class HubState:
         self.repos = {}
         self.lfs = {}
         self.requests = []
+        self.gated = set()  # (kind, repo id) whose conditions this user has not accepted: files are refused
 
     def new_commit(self, repo, files, message, parent):
         seed = json.dumps([repo.id, message, parent, sorted(files), time.time_ns()]).encode()
@@ -112,6 +113,7 @@ class HubApp:
             ("POST", api_repo + r"/preupload/(?P<revision>.+)", self.preupload),
             ("POST", api_repo + r"/commit/(?P<revision>.+)", self.commit),
             ("GET", api_repo + r"/commits/(?P<revision>.+)", self.list_commits),
+            ("GET", api_repo + r"/auth-check", self.auth_check),
             ("GET", api_repo + r"(?:/revision/(?P<revision>.+))?", self.repo_info),
             ("POST", web_repo + r"\.git/info/lfs/objects/batch", self.lfs_batch),
             ("PUT", r"/_lfs/(?P<oid>[0-9a-f]{64})", self.lfs_upload),
@@ -134,6 +136,13 @@ class HubApp:
                 params = {k: v for k, v in match.groupdict().items()}
                 if "kind" in params:
                     params["kind"] = PLURAL.get(params["kind"] or "models", "model")
+                    gated = (params["kind"], params.get("repo")) in self.state.gated
+                    if gated and handler in (self.resolve, self.auth_check, self.paths_info):
+                        # As the Hub answers for a gated repo whose conditions the user has not accepted: its card
+                        # and file list are public, its files are not (401 without a token, 403 with one).
+                        status = 403 if self._authorised(request) else 401
+                        return error(status, "GatedRepo", f"Access to {params['kind']} {params['repo']} is restricted "
+                                     "and you are not in the authorized list. Visit the repo page to ask for access.")
                 return handler(request, body, **params)
         return error(404, "EntryNotFound", f"{request.method} {path}: no such endpoint")
 
@@ -228,6 +237,10 @@ class HubApp:
             "disabled": False, "gated": False, "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
             "lastModified": stamp, "createdAt": stamp, "usedStorage": sum(f.size for f in commit.files.values()),
         })
+
+    def auth_check(self, request, body, kind, repo):
+        found, failure = self._repo(kind, repo)
+        return failure or JSONResponse({})
 
     def refs(self, request, body, kind, repo):
         found, failure = self._repo(kind, repo)

@@ -20,8 +20,6 @@ import numpy as np
 
 PAPER_THRESHOLD = 0.923
 UDHR_SAMPLE = "data/udhr/udhr46_articles.jsonl"
-# The papers' FLORES-200 codes that FLORES+ renamed (its config names).
-FLORES_PLUS_CODES = {"zho_Hans": "cmn_Hans", "zho_Hant": "cmn_Hant", "est_Latn": "ekk_Latn", "tgl_Latn": "fil_Latn"}
 FLORES_PLUS = "openlanguagedata/flores_plus"
 
 
@@ -67,8 +65,7 @@ def read_probe_texts(spec, codes, role, max_sentences=None):
 
     texts = {}
     for code in codes:
-        filled = json.loads(json.dumps(spec).replace("{flores_plus}", FLORES_PLUS_CODES.get(code, code)))
-        source = resolve_source(filled, code, role)
+        source = resolve_source(spec, code, role)
         try:
             texts[code] = collect_texts(code, [source, None], max_sentences, None, False, role)
         except ValueError as error:
