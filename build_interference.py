@@ -6,6 +6,13 @@ write the dataset folder that `publish` uploads to the Hub.
     python build_interference.py --preset paper --languages interference-83 --shard 3/16
     accelerate launch --num_processes 8 build_interference.py --preset paper   # one job list, split over 8 GPUs
     python build_interference.py publish --repo ORG/NAME          # upload the dataset folder
+    python build_interference.py partners --matrix ORG/NAME --target ell_Grek --count 2 --output-dir runs/s5-ell
+    python build_interference.py downstream --output-dir runs/s5-ell --evaluation runs/s5-ell/evaluation
+
+partners and downstream are Section 5 (does the matrix predict downstream drops?): partners picks the target's
+lowest- and highest-interference partners and groups (or, with --group, the additions friendliest and least
+friendly to a group) and writes a run config per model; after training them and `evaluate_mol.py mteb --tasks
+interference-massive` into one folder, downstream writes the high-minus-low difference table.
 
 A killed sweep resumes where it stopped when started again with the same arguments.
 """
@@ -25,9 +32,11 @@ def parse_args(argv):
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=config_key_help(sweep=True))
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "analyse", "publish"],
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "analyse", "publish", "partners",
+                                                                      "downstream"],
                         help="run (default): the sweep, then the matrices, analyses and dataset folder; analyse: "
-                             "only the latter, from the results so far; publish: upload the dataset folder")
+                             "only the latter, from the results so far; publish: upload the dataset folder; "
+                             "partners / downstream: Section 5 (see above)")
     parser.add_argument("--preset", default="tiny", help="a sweep config: tiny (the shipped sample, CPU), paper "
                         "(Section 3.1), both in configs/interference/, or a path to a YAML file with the keys below")
     parser.add_argument("--languages", help="a preset (interference-83, mol-30, mol-90) or comma-separated FLORES "
@@ -44,6 +53,18 @@ def parse_args(argv):
                         help="the n-way parallel jsonl for --similarity-encoder (lang, id, text)")
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="write/publish a matrix with missing runs (the card says so)")
+    parser.add_argument("--matrix", help="partners: the interference matrix (a published dataset id, its folder, or "
+                                         "a parquet/CSV of its rows)")
+    parser.add_argument("--target", help="partners: the target language (Tables 1 and 2)")
+    parser.add_argument("--group", help="partners: comma-separated languages, for the friendliest and least friendly "
+                                        "additions to them (Table 3) instead of a target")
+    parser.add_argument("--count", type=int, default=2, help="partners: low- and high-interference partners (or "
+                                                             "additions) each (default 2)")
+    parser.add_argument("--group-size", type=int, default=4, help="partners: languages in the low- and the high-"
+                                                                  "interference group (default 4, as Table 2)")
+    parser.add_argument("--scale", default="paper", choices=["paper", "tiny"], help="partners: the run configs' "
+                        "base, Section 5.1's setting (paper) or the shipped sample's (tiny)")
+    parser.add_argument("--evaluation", help="downstream: the evaluate_mol.py mteb --output-dir of the plan's models")
     parser.add_argument("--repo", help="publish: the Hub dataset repo, ORG/NAME")
     parser.add_argument("--private", action="store_true", help="publish: create the repo private")
     return parser.parse_args(argv)
@@ -171,13 +192,42 @@ def publish(args):
     return 0
 
 
+def partners(args):
+    from mol_toolkit.downstream_interference import plan_experiment
+
+    if not args.matrix or not args.output_dir:
+        raise ValueError("partners needs --matrix (the interference matrix) and --output-dir (where the configs go).")
+    plan = plan_experiment(args.matrix, args.output_dir, target=args.target, group=args.group, count=args.count,
+                           group_size=args.group_size if args.group is None else args.group_size, scale=args.scale,
+                           project=Path(__file__).resolve().parent)
+    for role, values in plan["chosen"].items():
+        print(f"{role}: " + ", ".join(f"{code} ({value:+.4f})" for code, value in values))
+    print(f"Wrote {len(plan['models'])} run configs to {Path(args.output_dir) / 'configs'} and plan.json. Train each "
+          "(train_mlm.py --config ...), evaluate them all into one folder (evaluate_mol.py mteb --tasks "
+          "interference-massive --model ...), then: build_interference.py downstream --output-dir "
+          f"{args.output_dir} --evaluation FOLDER")
+    return 0
+
+
+def downstream(args):
+    from mol_toolkit.downstream_interference import write_downstream_table
+
+    if not args.output_dir or not args.evaluation:
+        raise ValueError("downstream needs --output-dir (the partners plan) and --evaluation (the evaluate_mol.py "
+                         "mteb folder of its models).")
+    rows = write_downstream_table(args.output_dir, args.evaluation)
+    print(f"Wrote downstream.md/.csv/.json to {args.output_dir} ({len(rows)} rows).")
+    return 0
+
+
 def main(argv=None):
     from mol_toolkit.training.parallelism import die_with_launcher
 
     die_with_launcher()
     args = parse_args(argv)
     try:
-        return {"run": run, "analyse": analyse, "publish": publish}[args.command](args)
+        commands = {"run": run, "analyse": analyse, "publish": publish, "partners": partners, "downstream": downstream}
+        return commands[args.command](args)
     except ValueError as error:
         print(f"build_interference.py: error: {error}", file=sys.stderr)
         return 2
