@@ -47,8 +47,10 @@ def parse_args(argv):
     parser.add_argument("--max-steps", type=int, help="override the preset's training steps per model")
     parser.add_argument("--checkpoint-every", type=int, help="override how often a run saves a checkpoint (steps)")
     parser.add_argument("--seeds", help="override the config's seeds, comma-separated (e.g. 0,1,2)")
-    parser.add_argument("--similarity-encoder", help="a Hub encoder (or folder) for Section 4: embedding similarity "
-                                                     "of a parallel set, rank-correlated with I")
+    parser.add_argument("--similarity-encoder", action="append", default=[],
+                        help="a Hub encoder (or folder) for Section 4: embedding similarity of a parallel set, "
+                        "rank-correlated with I; NAME:POOLING picks the pooling (mean, first; default auto: what the "
+                        "encoder's card prescribes, e.g. MEXMA's first token); repeat to compare encoders")
     parser.add_argument("--parallel", default="data/udhr/udhr46_articles.jsonl",
                         help="the n-way parallel jsonl for --similarity-encoder (lang, id, text)")
     parser.add_argument("--allow-incomplete", action="store_true",
@@ -87,20 +89,26 @@ def load_similarity_inputs(args, codes):
     """The --similarity-encoder and its parallel set, loaded before any run (an unloadable one fails up front)."""
     if not args.similarity_encoder:
         return None
-    from mol_toolkit.grouping import load_encoder, read_parallel_set
+    from mol_toolkit.grouping import encoder_pooling, load_encoder, parse_encoder_spec, read_parallel_set
 
     if not Path(args.parallel).is_file():
         raise ValueError(f"--parallel {args.parallel!r} is not a file: give the n-way parallel jsonl (lang, id, text).")
-    return load_encoder(args.similarity_encoder), read_parallel_set(args.parallel, codes)
+    encoders = {}
+    for spec in args.similarity_encoder:
+        name, pooling = parse_encoder_spec(spec)
+        pooling = encoder_pooling(name, pooling)
+        encoders[f"{name} ({pooling} pooling)"] = (load_encoder(name), pooling)
+    return encoders, read_parallel_set(args.parallel, codes)
 
 
 def similarity_matrix(inputs, codes):
+    """{encoder label: S} for every --similarity-encoder (None without one)."""
     if inputs is None:
         return None
     from mol_toolkit.interference_analysis import embedding_similarity
 
-    encoder, texts = inputs
-    return embedding_similarity(codes, texts, encoder)
+    encoders, texts = inputs
+    return {label: embedding_similarity(codes, texts, encoder, pooling) for label, (encoder, pooling) in encoders.items()}
 
 
 def write_outputs(sweep, args, similarity_inputs=None):

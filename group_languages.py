@@ -37,7 +37,10 @@ def parse_args(argv=None):
     parser.add_argument("--parallel", type=Path, default=DEFAULT_PARALLEL, help="n-way parallel jsonl (lang, id, text, split)")
     parser.add_argument("--split", default="all", help="split of the parallel set to use (devtest, train or all)")
     parser.add_argument("--tokenizer", default="FacebookAI/xlm-roberta-base", help="token-overlap: Hub id or folder")
-    parser.add_argument("--encoder", help="embedding: any Hub encoder id or local folder (mean pooling)")
+    parser.add_argument("--encoder", help="embedding: any Hub encoder id or local folder")
+    parser.add_argument("--pooling", default="auto", choices=list(g.POOLINGS),
+                        help="embedding: the sentence embedding, as the encoder's card prescribes (auto: its "
+                        "sentence-transformers pooling config, MEXMA's first token, else the mean), or mean / first")
     parser.add_argument("--counts", type=Path, help="balanced-data: JSON {code: sentences}")
     parser.add_argument("--matrix", help="interference: a published interference dataset (Hub id, folder or file)")
     parser.add_argument("--seed", type=int, default=0, help="random: the seed")
@@ -107,7 +110,7 @@ def make_groups(args, codes, counts, matrix):
 
         distance = g.token_overlap_distance(codes, texts, AutoTokenizer.from_pretrained(args.tokenizer))
     else:
-        distance = g.embedding_distance(codes, texts, args.encoder)
+        distance = g.embedding_distance(codes, texts, args.encoder, g.encoder_pooling(args.encoder, args.pooling))
     return g.cluster(args.strategy, codes, distance, k, args.balance, args.time_limit)
 
 

@@ -9,6 +9,7 @@ import itertools
 import json
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from scipy.cluster.hierarchy import cut_tree, linkage
@@ -220,7 +221,48 @@ def token_overlap_distance(codes, texts, tokenizer):
     return distance
 
 
-def embed(texts, tokenizer, model, batch_size=32):
+POOLINGS = ("auto", "mean", "first")
+# Encoders whose cards prescribe a pooling that their folders do not declare (no sentence-transformers config):
+# MEXMA's sentence embedding is its first token (the paper's Section 3.4 encoder); SONAR-style encoders mean-pool.
+CARD_POOLING = {"facebook/MEXMA": "first"}
+
+
+def parse_encoder_spec(spec):
+    """'NAME' or 'NAME:POOLING' (POOLING one of auto, mean, first) -> (name, pooling)."""
+    name, _, pooling = spec.rpartition(":")
+    if name and pooling in POOLINGS:
+        return name, pooling
+    return spec, "auto"
+
+
+def encoder_pooling(name, pooling="auto"):
+    """The pooling an encoder's card prescribes: a sentence-transformers `1_Pooling/config.json` beside it (CLS ->
+    first, mean -> mean), else the known cards (CARD_POOLING), else mean; an explicit choice wins."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling {pooling!r} is unknown: use one of {list(POOLINGS)}.")
+    if pooling != "auto":
+        return pooling
+    config = None
+    local = Path(name) / "1_Pooling" / "config.json"
+    if local.is_file():
+        config = json.loads(local.read_text(encoding="utf-8"))
+    elif not Path(name).exists():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            config = json.loads(Path(hf_hub_download(name, "1_Pooling/config.json")).read_text(encoding="utf-8"))
+        except Exception:  # no sentence-transformers config on the Hub (or offline): fall back to the card table
+            config = None
+    if config:
+        if config.get("pooling_mode_cls_token") or config.get("pooling_mode") == "cls":
+            return "first"
+        if config.get("pooling_mode_mean_tokens") or config.get("pooling_mode") == "mean":
+            return "mean"
+    return CARD_POOLING.get(name, "mean")
+
+
+def embed(texts, tokenizer, model, batch_size=32, pooling="mean"):
+    """L2-normalised sentence embeddings: the mean of the real tokens' outputs, or the first token's."""
     import torch
 
     vectors = []
@@ -228,8 +270,12 @@ def embed(texts, tokenizer, model, batch_size=32):
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
             hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            vectors.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+            if pooling == "first":
+                pooled = hidden[:, 0]
+            else:
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1)
+            vectors.append(torch.nn.functional.normalize(pooled, dim=-1))
     return torch.cat(vectors)
 
 
@@ -242,13 +288,13 @@ def load_encoder(name):
         raise ValueError(f"Cannot load the encoder {name!r} (a Hub id or a local folder with a tokenizer): {error}") from error
 
 
-def embedding_distance(codes, texts, encoder):
-    """1 - mean cosine similarity of translation pairs (mean-pooled embeddings of aligned sentences)."""
+def embedding_distance(codes, texts, encoder, pooling="mean"):
+    """1 - mean cosine similarity of translation pairs (embeddings of aligned sentences, pooled as `pooling`)."""
     tokenizer, model = load_encoder(encoder) if isinstance(encoder, str) else encoder
     sizes = {len(texts[c]) for c in codes}
     if len(sizes) != 1:
         raise ValueError("The embedding strategy needs a parallel set: every language must have the same sentences.")
-    vectors = [embed(texts[c], tokenizer, model) for c in codes]
+    vectors = [embed(texts[c], tokenizer, model, pooling=pooling) for c in codes]
     n = len(codes)
     distance = np.zeros((n, n))
     for i, j in itertools.combinations(range(n), 2):

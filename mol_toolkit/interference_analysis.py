@@ -20,6 +20,7 @@ an outlier's entries.
 
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from dataclasses import asdict
 from pathlib import Path
@@ -210,12 +211,13 @@ def positive_entries(interference):
 
 
 # ---- Section 4: embedding similarity ------------------------------------------------------------------------------
-def embedding_similarity(codes, texts, encoder):
+def embedding_similarity(codes, texts, encoder, pooling="mean"):
     """S[A][B]: mean cosine similarity of A-B translation pairs under `encoder` (a Hub id, a folder, or a
-    (tokenizer, model) pair), over the parallel `texts` (code -> aligned sentences). Diagonal 1."""
+    (tokenizer, model) pair), over the parallel `texts` (code -> aligned sentences), each sentence pooled as
+    `pooling` (mean, or first token). Diagonal 1."""
     from .grouping import embedding_distance
 
-    return pd.DataFrame(1.0 - embedding_distance(codes, texts, encoder), index=codes, columns=codes)
+    return pd.DataFrame(1.0 - embedding_distance(codes, texts, encoder, pooling), index=codes, columns=codes)
 
 
 def similarity_correlation(interference, similarity, excluded=()):
@@ -367,25 +369,74 @@ def plot_asymmetry(pairs, summary, path):
     return _save(figure, path)
 
 
+def _similarity_row(axis, code, correlation, interference, similarity):
+    """One language's row of S (sorted) beside the same row of I, on twin axes."""
+    others = [c for c in correlation.index if c != code]
+    order = similarity.loc[code, others].sort_values().index
+    axis.plot(range(len(order)), similarity.loc[code, order], color="tab:green", marker="o", label="similarity")
+    axis.set_ylabel("embedding similarity", color="tab:green")
+    twin = axis.twinx()
+    twin.plot(range(len(order)), interference.loc[code, order], color="tab:purple", marker="s", label="interference")
+    twin.set_ylabel("interference I", color="tab:purple")
+    axis.set_xticks(range(len(order)), order, rotation=90, fontsize=7)
+    axis.set_title(f"{code}: rho = {correlation.at[code, 'spearman']:.2f}")
+
+
 def plot_similarity(correlation, interference, similarity, path, example="spa_Latn"):
-    """Figure 7: the row-wise rank correlations, and one row of I beside the same row of S (the paper: Spanish)."""
+    """Figure 7: the row-wise rank correlations, and one row of I beside the same row of S (the paper: Spanish;
+    every row: `plot_similarity_rows`)."""
     figure = _figure(max(10, 0.2 * len(correlation) + 6), 4)
     left, right = figure.subplots(1, 2)
     left.bar(range(len(correlation)), correlation["spearman"].fillna(0.0))
     left.set_xticks(range(len(correlation)), correlation.index, rotation=90, fontsize=7)
     left.set_ylabel("Spearman rho (row of I vs row of S)")
     left.set_title("Embedding similarity vs interference, per language")
-    example = example if example in correlation.index else correlation.index[0]
-    others = [c for c in correlation.index if c != example]
-    order = similarity.loc[example, others].sort_values().index
-    right.plot(range(len(order)), similarity.loc[example, order], color="tab:green", marker="o", label="similarity")
-    right.set_ylabel("embedding similarity", color="tab:green")
-    twin = right.twinx()
-    twin.plot(range(len(order)), interference.loc[example, order], color="tab:purple", marker="s", label="interference")
-    twin.set_ylabel("interference I", color="tab:purple")
-    right.set_xticks(range(len(order)), order, rotation=90, fontsize=7)
-    right.set_title(f"{example}: rho = {correlation.at[example, 'spearman']:.2f}")
+    _similarity_row(right, example if example in correlation.index else correlation.index[0], correlation,
+                    interference, similarity)
     return _save(figure, path)
+
+
+def plot_similarity_rows(correlation, interference, similarity, folder):
+    """Figure 7's right panel for every language: folder/<code>.png."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for code in correlation.index:
+        figure = _figure(max(5, 0.2 * len(correlation) + 2), 3.5)
+        _similarity_row(figure.subplots(), code, correlation, interference, similarity)
+        _save(figure, folder / f"{code}.png")
+    return folder
+
+
+def plot_similarity_encoders(correlations, path):
+    """The row-wise Spearman rho of every language under every encoder, side by side."""
+    labels = list(correlations)
+    codes = list(next(iter(correlations.values())).index)
+    figure = _figure(max(8, 0.25 * len(codes) * max(1, len(labels)) / 2 + 4), 4)
+    axis = figure.subplots()
+    width = 0.8 / len(labels)
+    for k, label in enumerate(labels):
+        values = correlations[label]["spearman"].reindex(codes).fillna(0.0)
+        axis.bar(np.arange(len(codes)) + k * width, values, width, label=label)
+    axis.set_xticks(np.arange(len(codes)) + 0.4 - width / 2, codes, rotation=90, fontsize=7)
+    axis.set_ylabel("Spearman rho (row of I vs row of S)")
+    axis.set_title("Embedding similarity vs interference, per language and encoder")
+    axis.legend(fontsize=7)
+    return _save(figure, path)
+
+
+def plot_loss_matrix(losses, path):
+    """The Interference Matrix paper's Figure 8: the loss matrix L (row: evaluated language, column: the language
+    trained with it; diagonal: the monolingual loss), languages sorted by family."""
+    order = sort_by_family(losses.index)
+    figure = _figure(max(6, 0.2 * len(order) + 2), max(5, 0.2 * len(order) + 1.5))
+    axis = figure.subplots()
+    image = _heatmap(axis, losses.loc[order, order], "Loss matrix L (sorted by family)", annotate=len(order) <= 12)
+    figure.colorbar(image, ax=axis, label="devtest MLM loss of the row language")
+    return _save(figure, path)
+
+
+def encoder_slug(label):
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "encoder"
 
 
 # ---- everything at once -------------------------------------------------------------------------------------------
@@ -419,20 +470,28 @@ class InterferenceResults:
     missing: list
     similarity: pd.DataFrame | None = None
     correlation: pd.DataFrame | None = None
+    similarities: dict | None = None  # encoder label -> S, every encoder of the run (the first is `similarity`)
+    correlations: dict | None = None
 
     @classmethod
     def compute(cls, losses, similarity=None):
+        """`similarity`: None, one S, or {encoder label: S} for several encoders (the first is the primary one)."""
         interference = interference_matrix(losses)
         summary = language_summary(losses, interference)
         outliers = list(summary.index[summary["outlier"]])
         asymmetry_summary, pairs = asymmetry(interference, outliers)
+        similarities = similarity if isinstance(similarity, dict) or similarity is None else {"encoder": similarity}
+        correlations = {label: similarity_correlation(interference, frame, outliers)
+                        for label, frame in (similarities or {}).items()} or None
+        similarity = next(iter(similarities.values())) if similarities else None
         return cls(
+            similarities=similarities, correlations=correlations,
             losses=losses, interference=interference, summary=summary, bounds=iqr_bounds(summary["mean_loss"]),
             outliers=outliers, families=group_interference(interference, "family", outliers),
             scripts=group_interference(interference, "script", outliers), resources=resource_levels(summary),
             asymmetry_summary=asymmetry_summary, asymmetry_pairs=pairs, missing=missing_cells(losses),
             similarity=similarity,
-            correlation=similarity_correlation(interference, similarity, outliers) if similarity is not None else None,
+            correlation=next(iter(correlations.values())) if correlations else None,
         )
 
 
@@ -454,6 +513,7 @@ def analyse(results, out_dir, similarity=None):
     r.asymmetry_pairs.to_csv(out / "asymmetry_pairs.csv", index=False)
     plot_mean_loss(r.summary, r.bounds, out / "figure1_mean_loss.png")
     plot_interference(r.interference, out / "figure2_interference_matrix.png")
+    plot_loss_matrix(r.losses, out / "figure8_loss_matrix.png")
     plot_robustness_friendliness(r.summary, out / "figure3_robustness_friendliness.png")
     plot_groups(r.families, "family", out / "figure4_family.png")
     plot_groups(r.scripts, "script", out / "figure5_script.png")
@@ -478,6 +538,18 @@ def analyse(results, out_dir, similarity=None):
         plot_similarity(r.correlation, r.interference, r.similarity, out / "figure7_similarity.png")
         report["similarity_correlation"] = {"mean_spearman": r.correlation["spearman"].mean(),
                                             "per_language": r.correlation["spearman"].to_dict()}
+        encoders = []
+        for label, frame in r.similarities.items():  # every encoder: its S, its rho per language, every row plotted
+            folder = out / "similarity" / encoder_slug(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            frame.to_csv(folder / "similarity_matrix.csv")
+            r.correlations[label].to_csv(folder / "similarity_correlation.csv")
+            plot_similarity_rows(r.correlations[label], r.interference, frame, folder / "rows")
+            encoders.append({"encoder": label, "folder": str(folder.relative_to(out)),
+                             "mean_spearman": r.correlations[label]["spearman"].mean()})
+        pd.DataFrame(encoders).to_csv(out / "similarity_encoders.csv", index=False)
+        plot_similarity_encoders(r.correlations, out / "figure7_similarity_encoders.png")
+        report["similarity_encoders"] = encoders
     report["files"] = sorted(path.name for path in out.iterdir() if path.suffix in (".csv", ".png")) + ["report.json"]
     report = _plain(report)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

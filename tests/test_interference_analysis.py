@@ -204,6 +204,56 @@ def test_embedding_similarity_from_an_encoder_feeds_figure_7(tmp_path):
     assert {"similarity_matrix.csv", "similarity_correlation.csv"} <= set(report["files"])
 
 
+def test_several_encoders_each_with_its_cards_pooling_every_row_plotted_and_the_loss_heatmap(tmp_path):
+    import shutil
+
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from mol_toolkit.grouping import embed, encoder_pooling, parse_encoder_spec
+
+    # The pooling each card prescribes: a sentence-transformers folder says mean (MiniLM); a copy whose pooling
+    # config says CLS gives the first token; MEXMA's card (no such config) the first token; any other the mean.
+    cls_copy = tmp_path / "minilm-cls"
+    shutil.copytree(MINILM, cls_copy)
+    (cls_copy / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 384,
+                                                                     "pooling_mode_cls_token": True}))
+    assert encoder_pooling(str(MINILM)) == "mean" and encoder_pooling(str(cls_copy)) == "first"
+    assert encoder_pooling("facebook/MEXMA") == "first" and encoder_pooling("mol-tests/any-encoder") == "mean"
+    assert encoder_pooling(str(cls_copy), "mean") == "mean"
+    assert parse_encoder_spec(f"{MINILM}:first") == (str(MINILM), "first")
+    assert parse_encoder_spec("facebook/MEXMA") == ("facebook/MEXMA", "auto")
+    tokenizer, model = AutoTokenizer.from_pretrained(MINILM), AutoModel.from_pretrained(MINILM).eval()
+    texts = ["Everyone has the right to life.", "Nobody shall be held in slavery."]
+    with torch.no_grad():
+        hidden = model(**tokenizer(texts, padding=True, return_tensors="pt")).last_hidden_state
+    torch.testing.assert_close(embed(texts, tokenizer, model, pooling="first"),
+                               torch.nn.functional.normalize(hidden[:, 0], dim=-1))
+
+    codes = ["eng_Latn", "deu_Latn", "fra_Latn", "spa_Latn"]
+    parallel = {code: lines[:4] for code, lines in read_parallel_set(UDHR, codes).items()}
+    similarities = {"minilm (mean pooling)": ia.embedding_similarity(codes, parallel, str(MINILM), "mean"),
+                    "minilm (first pooling)": ia.embedding_similarity(codes, parallel, str(MINILM), "first")}
+    assert not np.allclose(*(frame.to_numpy() for frame in similarities.values()))
+    spanish = {("spa_Latn", "spa_Latn"): 3.0, ("spa_Latn", "eng_Latn"): 3.1, ("spa_Latn", "deu_Latn"): 3.3,
+               ("spa_Latn", "fra_Latn"): 3.2, ("eng_Latn", "spa_Latn"): 2.4, ("deu_Latn", "spa_Latn"): 4.1,
+               ("fra_Latn", "spa_Latn"): 1.2}
+    losses = ia.loss_matrix(result_rows({**THREE_LOSSES, **spanish}), codes)
+    report = ia.analyse(losses, tmp_path, similarity=similarities)
+    assert (tmp_path / "figure8_loss_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "figure7_similarity_encoders.png").is_file()
+    encoders = pd.read_csv(tmp_path / "similarity_encoders.csv")
+    assert list(encoders["encoder"]) == list(similarities)
+    analysed = set(codes) - set(report["outliers"])
+    for entry in report["similarity_encoders"]:
+        folder = tmp_path / entry["folder"]
+        assert {p.stem for p in (folder / "rows").glob("*.png")} == analysed  # every language's row, not only Spanish
+        correlation = pd.read_csv(folder / "similarity_correlation.csv", index_col=0)
+        assert entry["mean_spearman"] == pytest.approx(correlation["spearman"].mean())
+    # The primary encoder (the first) is still the one of figure7_similarity.png and the card.
+    assert report["similarity_correlation"]["mean_spearman"] == pytest.approx(report["similarity_encoders"][0]["mean_spearman"])
+
+
 # ---- the dataset ---------------------------------------------------------------------------------------------------
 SETTINGS = {"preset": "test", "layers": 2, "steps": 10, "learning_rate": 1e-5}
 
