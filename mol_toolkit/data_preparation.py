@@ -18,13 +18,14 @@ second with the config's caps, synthetic top-up and deduplication (`max_sentence
   that `group_languages.py --parallel` reads for token-overlap and embedding grouping (FLORES is aligned by row).
 """
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from . import mlm_data
 from .languages import resolve_languages
+from .training.checkpointing import file_digest as sha256
+from .training.metrics import atomic_write_text
 
 
 MANIFEST = "manifest.json"
@@ -50,14 +51,6 @@ def manifest_folder(template):
     return Path(os.path.dirname(template.split("{lang}")[0]) or ".")
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_jsonl(path, texts):
     """All of `texts` as {"text": ...} lines, or nothing: written to a .partial file, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,9 +63,7 @@ def write_jsonl(path, texts):
 
 def write_json(path, value):
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(partial, path)
+    atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False))
 
 
 class Preparation:

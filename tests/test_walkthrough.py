@@ -35,7 +35,7 @@ def tracked_copy(target):
 def test_the_readme_walkthrough_runs_end_to_end_at_tiny_scale(tmp_path, hub):
     from test_evaluation import push_massive_intent
 
-    push_massive_intent(hub, {"hi": "hin_Deva"})  # the task's dataset, at the revision mteb pins, on the loopback Hub
+    push_massive_intent(hub)  # the task's dataset, at the revision mteb pins, on the loopback Hub
     project = tracked_copy(tmp_path / "project")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}", HUB_ORG="mol-tests",
