@@ -274,7 +274,8 @@ class MoLGroupedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_groups, out_features))
         self.grouped_gemm = grouped_gemm
 
-    def forward(self, rows, groups):
+    def forward(self, rows, groups, activation=None):
+        """`activation`: None or "gelu", applied in the grouped GEMM's epilogue where the backend has one."""
         weight, bias, offsets = self.weight, self.bias, groups.offsets
         device_type = rows.device.type
         if torch.is_autocast_enabled(device_type):
@@ -285,8 +286,9 @@ class MoLGroupedLinear(nn.Module):
                 offsets = groups.present_offsets
             weight, bias = weight.to(dtype), bias.to(dtype)
         if self.num_groups == 1:
-            return torch.addmm(bias[0], rows, weight[0])
-        return self.grouped_gemm(rows, weight, bias, offsets)
+            out = torch.addmm(bias[0], rows, weight[0])
+            return F.gelu(out) if activation == "gelu" else out
+        return self.grouped_gemm(rows, weight, bias, offsets, activation=activation)
 
     def extra_repr(self):
         return f"groups={self.num_groups}, in_features={self.in_features}, out_features={self.out_features}"
@@ -464,6 +466,8 @@ class MoLLayer(GradientCheckpointingLayer):
         self.attention = MoLAttention(config, num_groups, grouped_gemm)
         self.intermediate = MoLGroupedLinear(config, config.hidden_size, config.intermediate_size, num_groups, grouped_gemm)
         self.activation = ACT2FN[config.hidden_act]
+        # Exact GELU (BERT's and XLM-R's "gelu") runs in the grouped GEMM's epilogue; any other activation after it.
+        self.fused_activation = "gelu" if config.hidden_act == "gelu" else None
         self.output = MoLGroupedLinear(config, config.intermediate_size, config.hidden_size, num_groups, grouped_gemm)
         self.LayerNorm = MoLGroupedLayerNorm(config, config.hidden_size, num_groups)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -488,7 +492,10 @@ class MoLLayer(GradientCheckpointingLayer):
         return out, weights, logits, aux_loss
 
     def feed_forward(self, attended, groups):
-        expanded = self.activation(self.intermediate(attended, groups))
+        if self.fused_activation is not None:
+            expanded = self.intermediate(attended, groups, activation=self.fused_activation)
+        else:
+            expanded = self.activation(self.intermediate(attended, groups))
         return self.LayerNorm(self.dropout(self.output(expanded, groups)) + attended, groups)
 
 

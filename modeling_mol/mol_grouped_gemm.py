@@ -136,6 +136,25 @@ def _log_once(path, reason):
         logger.info(f"MoL grouped GEMM: using {path}{f' ({reason})' if reason else ''}.")
 
 
+def _activate(out, activation):
+    if activation is None:
+        return out
+    if activation != "gelu":
+        raise ValueError(f"activation {activation!r} is not supported by the grouped GEMM: use None or 'gelu'.")
+    return F.gelu(out)
+
+
+def _fused(kernel_op):
+    """The Hub kernel's op, marked as applying the activation itself (its GELU epilogue)."""
+
+    def grouped_linear(x, weight, bias, offsets, activation=None):
+        return kernel_op(x, weight, bias, offsets, activation=activation)
+
+    grouped_linear.fuses_activation = True
+    grouped_linear.__module__ = getattr(kernel_op, "__module__", __name__)
+    return grouped_linear
+
+
 class MoLGroupedGemm:
     """Chooses and calls a grouped-linear implementation. Not a module: it holds no weights, only the choice."""
 
@@ -158,16 +177,21 @@ class MoLGroupedGemm:
             getattr(config, "grouped_gemm_kernel_trust_remote_code", False),
         )
 
-    def __call__(self, x, weight, bias, offsets):
+    def __call__(self, x, weight, bias, offsets, activation=None):
+        """act(x[rows of g] @ weight[g] + bias[g]); `activation` None or "gelu" (exact GELU). The Hub kernel applies
+        it in its epilogue (no separate pass over the FFN's widest tensor); the torch paths apply F.gelu after."""
         if torch.compiler.is_compiling():
             supported = grouped_mm_unsupported_reason(x, weight) is None and self.backend in ("auto", "grouped_mm")
             if supported and (x.is_cuda or x.dtype == torch.bfloat16):
-                return grouped_linear_grouped_mm(x, weight, bias, offsets)
-            return grouped_linear_masked(x, weight, bias, offsets)
+                return _activate(grouped_linear_grouped_mm(x, weight, bias, offsets), activation)
+            return _activate(grouped_linear_masked(x, weight, bias, offsets), activation)
         key = (x.device.type, x.dtype, weight.shape[1], weight.shape[2])
         if key not in self._choice:
             self._choice[key] = self._choose(x, weight)
-        return self._choice[key](x, weight, bias, offsets)
+        implementation = self._choice[key]
+        if getattr(implementation, "fuses_activation", False):
+            return implementation(x, weight, bias, offsets, activation=activation)
+        return _activate(implementation(x, weight, bias, offsets), activation)
 
     def _choose(self, x, weight):
         if self.backend in ("auto", "hub_kernel"):
@@ -175,7 +199,7 @@ class MoLGroupedGemm:
             if kernel is not None:
                 variant = f"torch-{getattr(kernel, 'BACKEND', x.device.type)}"
                 _log_once(f"the Hub kernel {self.kernel_repo} v{self.kernel_version} ({variant} variant)", None)
-                return kernel.grouped_linear
+                return _fused(kernel.grouped_linear)
             if self.backend == "hub_kernel":
                 raise RuntimeError(f"grouped_gemm_backend='hub_kernel' but the kernel cannot be used: {reason}.")
         if self.backend in ("auto", "grouped_mm"):

@@ -410,6 +410,39 @@ def test_model_on_the_kernel_matches_the_torch_path(request, caplog, built_repo,
         torch.testing.assert_close(kernel_grads[name], grads[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
+def test_the_ffn_gelu_runs_in_the_kernels_epilogue(built_repo):
+    """On the Hub kernel, MoLLayer hands the FFN's GELU to the kernel (activation="gelu"): every aten::gelu of an
+    encoder forward runs inside the kernel's op, none as a separate pass; the outputs equal the torch path's."""
+    from modeling_mol import MoLModel
+    from torch.profiler import ProfilerActivity, profile
+
+    repo_id = f"{LOCAL_REPO_ID}-epilogue"
+    torch.manual_seed(0)
+    reference = MoLModel(MoLConfig(**tiny_config_kwargs(grouped_gemm_backend="loop"))).eval()
+    ids = torch.randint(3, 99, (4, 9))
+    languages = ["eng_Latn", "fra_Latn", "rus_Cyrl", "deu_Latn"]
+    with environment(LOCAL_KERNELS=f"{repo_id}={built_repo}"):
+        model = MoLModel(MoLConfig(**tiny_config_kwargs(grouped_gemm_backend="hub_kernel",
+                                                        grouped_gemm_kernel=repo_id))).eval()
+        model.load_state_dict(reference.state_dict())
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as trace:
+            out = model(input_ids=ids, languages=languages).last_hidden_state
+    with torch.no_grad():
+        torch.testing.assert_close(out, reference(input_ids=ids, languages=languages).last_hidden_state,
+                                   atol=1e-5, rtol=1e-5)
+
+    def inside_kernel(event):
+        while event is not None:
+            if "grouped_linear_forward" in event.name:
+                return True
+            event = event.cpu_parent
+        return False
+
+    gelus = [event for event in trace.events() if event.name == "aten::gelu"]
+    assert len(gelus) == model.config.num_hidden_layers  # one per FFN (every block is group-specific here)
+    assert all(inside_kernel(event) for event in gelus)
+
+
 def test_model_loads_a_local_kernel_folder(built_repo):
     gemm = MoLGroupedGemm("hub_kernel", kernel_repo=str(built_repo))
     x, weight, b, offsets, _ = operands([2, 3], 16, 16, torch.float32, tail_rows=0)
