@@ -68,6 +68,7 @@ class MoLRowGroups:
     present_offsets: torch.Tensor | None = None
     order: torch.Tensor | None = None
     restore: torch.Tensor | None = None
+    present_ids: tuple | None = None  # present_groups on the host (from the same synchronisation)
 
 
 @dataclass
@@ -106,6 +107,7 @@ class MoLPackedBatch:
     present_offsets: torch.Tensor | None
     batch_size: int
     seq_len: int
+    present_ids: tuple | None = None
 
     @classmethod
     def from_mask(cls, attention_mask, sentence_group, num_groups, host_values=None):
@@ -152,6 +154,7 @@ class MoLPackedBatch:
             present_offsets=group_offsets[present_groups],
             batch_size=batch_size,
             seq_len=seq_len,
+            present_ids=tuple(present),
         )
         return batch, fetched[batch_size + num_groups :]
 
@@ -187,7 +190,8 @@ class MoLPackedBatch:
 
     def row_groups(self):
         """The language groups' rows, for the group Linears and LayerNorms (rows in this batch's order)."""
-        return MoLRowGroups(self.group_offsets, self.row_group, self.present_groups, self.present_offsets)
+        return MoLRowGroups(self.group_offsets, self.row_group, self.present_groups, self.present_offsets,
+                            present_ids=self.present_ids)
 
     @property
     def num_sentences(self):
@@ -261,11 +265,29 @@ class MoLEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(embeddings))
 
 
+class _CastCopy(torch.autograd.Function):
+    """A cached low-precision copy standing in for `parameter` (all its groups, or those of `index`): the forward
+    returns the copy, the backward gives the parameter the gradient in its own dtype (zeros for the other groups)."""
+
+    @staticmethod
+    def forward(ctx, parameter, copy, index):
+        ctx.shape, ctx.dtype, ctx.index = parameter.shape, parameter.dtype, index
+        return copy.view_as(copy)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.index is None:
+            return grad.to(ctx.dtype), None, None
+        return grad.new_zeros(ctx.shape, dtype=ctx.dtype).index_add_(0, ctx.index, grad.to(ctx.dtype)), None, None
+
+
 class MoLGroupedLinear(nn.Module):
     """A Linear with one (in, out) weight and (out,) bias per group: weight (groups, in, out), bias (groups, out).
 
-    Under autocast it computes in the autocast dtype (grouped_mm and the Hub kernel take one dtype for all operands)
-    and casts only the copies of the groups that have rows in the batch, never all G copies for a few groups."""
+    Under autocast it computes in the autocast dtype (grouped_mm and the Hub kernel take one dtype for all operands).
+    Each group's copy is cast when a batch first uses it and kept until the weights change (an optimizer step): the
+    micro-batches of a step, evaluation batches and checkpointed recomputations reuse it, and a batch of a few groups
+    never casts the others."""
 
     def __init__(self, config, in_features, out_features, num_groups, grouped_gemm):
         super().__init__()
@@ -273,6 +295,7 @@ class MoLGroupedLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_groups, in_features, out_features))
         self.bias = nn.Parameter(torch.zeros(num_groups, out_features))
         self.grouped_gemm = grouped_gemm
+        self._cast_cache = None
 
     def forward(self, rows, groups, activation=None):
         """`activation`: None or "gelu", applied in the grouped GEMM's epilogue where the backend has one."""
@@ -281,14 +304,43 @@ class MoLGroupedLinear(nn.Module):
         if torch.is_autocast_enabled(device_type):
             dtype = torch.get_autocast_dtype(device_type)
             rows = rows.to(dtype)
-            if self.num_groups > 1 and groups.present_groups is not None:
-                weight, bias = weight.index_select(0, groups.present_groups), bias.index_select(0, groups.present_groups)
-                offsets = groups.present_offsets
-            weight, bias = weight.to(dtype), bias.to(dtype)
+            if weight.dtype != dtype and not torch.compiler.is_compiling():
+                weight, bias, offsets = self._cast_once(dtype, groups)
+            else:
+                if self.num_groups > 1 and groups.present_groups is not None:
+                    weight, bias = weight.index_select(0, groups.present_groups), bias.index_select(0, groups.present_groups)
+                    offsets = groups.present_offsets
+                weight, bias = weight.to(dtype), bias.to(dtype)
         if self.num_groups == 1:
             out = torch.addmm(bias[0], rows, weight[0])
             return F.gelu(out) if activation == "gelu" else out
         return self.grouped_gemm(rows, weight, bias, offsets, activation=activation)
+
+    def _cast_once(self, dtype, groups):
+        """(weight, bias, offsets) in `dtype` for the groups with rows: copies cast at most once per weight version.
+        The cache is never changed in place once handed out (a live graph may hold it): new groups make a new one."""
+        ids = (0,) if self.num_groups == 1 else groups.present_ids
+        everything = ids is None or len(ids) == self.num_groups  # a MoE's experts are not known on the host
+        ids = tuple(range(self.num_groups)) if ids is None else ids
+        key = (self.weight._version, self.bias._version, self.weight.data_ptr(), self.weight.device, dtype)
+        cache = self._cast_cache
+        if cache is None or cache["key"] != key:
+            cache = self._cast_cache = {"key": key, "cast": frozenset(),
+                                        "weight": self.weight.new_empty(self.weight.shape, dtype=dtype),
+                                        "bias": self.bias.new_empty(self.bias.shape, dtype=dtype)}
+        missing = [g for g in ids if g not in cache["cast"]]
+        if missing:
+            index = torch.tensor(missing, dtype=torch.long, device=self.weight.device)
+            with torch.no_grad():
+                cache["weight"] = cache["weight"].index_copy(0, index, self.weight.index_select(0, index).to(dtype))
+                cache["bias"] = cache["bias"].index_copy(0, index, self.bias.index_select(0, index).to(dtype))
+            cache["cast"] = cache["cast"] | set(missing)
+        if everything:
+            weight, bias, index, offsets = cache["weight"], cache["bias"], None, groups.offsets
+        else:
+            index, offsets = groups.present_groups, groups.present_offsets
+            weight, bias = cache["weight"].index_select(0, index), cache["bias"].index_select(0, index)
+        return _CastCopy.apply(self.weight, weight, index), _CastCopy.apply(self.bias, bias, index), offsets
 
     def extra_repr(self):
         return f"groups={self.num_groups}, in_features={self.in_features}, out_features={self.out_features}"

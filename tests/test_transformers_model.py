@@ -375,6 +375,37 @@ def test_autocast_casts_only_the_weight_copies_of_groups_in_the_batch():
     assert copies[0].abs().sum() > 0 and not copies[1:].any()  # gradients only for the group that was present
 
 
+def test_autocast_casts_each_group_copy_once_per_step_and_again_after_the_optimizer_step():
+    from modeling_mol.modeling_mol import MoLGroupedLinear
+
+    tester = MoLModelTester("grouped")
+    first = dict(tester.inputs(), lang_ids=torch.tensor([0, 1, 0, 1, 0]))  # eng, deu: the first group
+    second = dict(tester.inputs(seed=1), lang_ids=torch.tensor([2, 3, 2, 3, 2]))  # fra, spa: the second
+    weight_shapes = {(32, 32), (32, 64), (64, 32)}
+
+    def run(model, batches, fresh_casts=False):
+        with CastLog() as log, torch.autocast("cpu", dtype=torch.bfloat16):
+            for batch in batches:
+                if fresh_casts:  # what casting at every call gives: the reference numbers
+                    for module in model.modules():
+                        if isinstance(module, MoLGroupedLinear):
+                            module._cast_cache = None
+                model(**batch).logits.float().sum().backward()
+        return [shape for shape in log.shapes if len(shape) == 3 and shape[1:] in weight_shapes]
+
+    model = tester.model().train()
+    casts = run(model, [first, first, second])  # three micro-batches of one step
+    # 2 group blocks x 6 Linears x 2 groups, each cast once, and the shared block's 6 Linears once: 30 casts of one
+    # copy, where casting at every call would make 54.
+    assert len(casts) == 2 * 6 * 2 + 6 and all(shape[0] == 1 for shape in casts), casts
+    reference = tester.model().train()
+    assert len(run(reference, [first, first, second], fresh_casts=True)) == 3 * 18
+    for (name, parameter), expected in zip(model.named_parameters(), reference.parameters()):
+        assert torch.equal(parameter.grad, expected.grad), name
+    torch.optim.SGD(model.parameters(), lr=0.1).step()  # new weights: the copies are cast again
+    assert len(run(model, [first])) == 2 * 6 + 6
+
+
 # ---- torch.compile and torch.export ---------------------------------------------------------------------------------
 def test_blocks_compile_with_fullgraph_and_give_the_same_outputs(tester):
     model = tester.model()
