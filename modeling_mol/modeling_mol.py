@@ -299,6 +299,11 @@ class MoLGroupedLinear(nn.Module):
 
     def forward(self, rows, groups, activation=None):
         """`activation`: None or "gelu", applied in the grouped GEMM's epilogue where the backend has one."""
+        return self.compute(*self.operands(rows, groups), activation=activation)
+
+    def operands(self, rows, groups):
+        """(rows, weight, bias, offsets) as the GEMM takes them: in the autocast dtype under autocast, the copies
+        of the groups with rows only."""
         weight, bias, offsets = self.weight, self.bias, groups.offsets
         device_type = rows.device.type
         if torch.is_autocast_enabled(device_type):
@@ -311,6 +316,10 @@ class MoLGroupedLinear(nn.Module):
                     weight, bias = weight.index_select(0, groups.present_groups), bias.index_select(0, groups.present_groups)
                     offsets = groups.present_offsets
                 weight, bias = weight.to(dtype), bias.to(dtype)
+        return rows, weight, bias, offsets
+
+    def compute(self, rows, weight, bias, offsets, activation=None):
+        """act(rows @ weight[g] + bias[g]) per group: one GEMM for a shared block, the grouped GEMM otherwise."""
         if self.num_groups == 1:
             out = torch.addmm(bias[0], rows, weight[0])
             return F.gelu(out) if activation == "gelu" else out
@@ -408,16 +417,29 @@ class MoLAttention(nn.Module):
     def forward(self, rows, batch, groups, output_attentions=False):
         """`rows` in the order of `groups` (the batch's, or a routed block's expert order); attention itself always
         runs over the batch's sentences."""
-        q, k, v = (proj(rows, groups) for proj in (self.query, self.key, self.value))
+        qkv = self.project_qkv(rows, groups)
         if groups.order is not None:  # expert order -> the batch's sentence order, one gather for Q, K and V
-            q, k, v = torch.cat([q, k, v], dim=-1)[groups.restore].chunk(3, dim=-1)
-        q, k, v = (t.reshape(-1, self.num_heads, self.head_dim) for t in (q, k, v))
+            qkv = qkv[groups.restore]
+        q, k, v = (t.reshape(-1, self.num_heads, self.head_dim) for t in qkv.chunk(3, dim=-1))
         context, weights = self.attend(q, k, v, batch, output_attentions)
         context = context.reshape(rows.shape)
         if groups.order is not None:
             context = context[groups.order]
         attended = self.LayerNorm(self.dropout(self.output(context, groups)) + rows, groups)
         return attended, weights
+
+    def project_qkv(self, rows, groups):
+        """(rows, 3 * hidden): Q, K and V from one GEMM over their weights side by side, (groups, hidden, 3 * hidden);
+        the checkpoint keeps the three weights apart (XLM-R's layout). Projections that are not plain group Linears
+        (a wrapper's own forward) run one by one."""
+        projections = (self.query, self.key, self.value)
+        if not all(type(projection) is MoLGroupedLinear for projection in projections):
+            return torch.cat([projection(rows, groups) for projection in projections], dim=-1)
+        rows, weight, bias, offsets = self.query.operands(rows, groups)
+        parts = [(weight, bias)] + [projection.operands(rows, groups)[1:3] for projection in projections[1:]]
+        weight = torch.cat([w for w, _ in parts], dim=-1)
+        bias = torch.cat([b for _, b in parts], dim=-1)
+        return self.query.compute(rows, weight, bias, offsets)
 
     def attend(self, q, k, v, batch, output_attentions):
         name = self.config._attn_implementation or "sdpa"

@@ -12,6 +12,7 @@ from conftest import LANGUAGES, tiny_config_kwargs
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from configuration_mol import MoLConfig
+from modeling_mol.modeling_mol import MoLPackedBatch
 from modeling_mol import (
     MoLForMaskedLM,
     MoLForMultipleChoice,
@@ -404,6 +405,42 @@ def test_autocast_casts_each_group_copy_once_per_step_and_again_after_the_optimi
         assert torch.equal(parameter.grad, expected.grad), name
     torch.optim.SGD(model.parameters(), lr=0.1).step()  # new weights: the copies are cast again
     assert len(run(model, [first])) == 2 * 6 + 6
+
+
+class OpCount(TorchDispatchMode):
+    def __init__(self, *ops):
+        super().__init__()
+        self.ops, self.count = ops, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func in self.ops
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("layout", ["dense", "grouped"])
+def test_q_k_and_v_run_as_one_gemm_with_the_numbers_of_three(layout):
+    tester = MoLModelTester(layout, grouped_gemm_backend="loop")
+    torch.manual_seed(0)
+    model = MoLModel(tester.config(), add_pooling_layer=False).eval()
+    inputs = dict(tester.inputs(), lang_ids=torch.tensor([0, 2, 0, 2, 0]))  # two groups: eng and fra
+    with torch.no_grad(), OpCount(torch.ops.aten.addmm.default, torch.ops.aten.mm.default) as gemms:
+        model(**inputs)
+    # Per block: Q/K/V, the attention output, the FFN in and out = 4 GEMMs (6 with Q, K and V apart), once per
+    # group in a group block (the per-group loop backend runs every group, empty ones too).
+    group_blocks = len(model.config.group_layers)
+    assert gemms.count == 4 * (3 - group_blocks) + 4 * model.config.num_groups * group_blocks
+    attention = model.encoder.layer[0].attention
+    batch, _ = MoLPackedBatch.from_mask(inputs["attention_mask"], torch.tensor([0, 1, 0, 1, 0]) if group_blocks else
+                                        torch.zeros(5, dtype=torch.long), model.config.num_groups)
+    rows = torch.randn(batch.num_tokens, 32)
+    with torch.no_grad():
+        fused = attention.project_qkv(rows, batch.row_groups())
+        apart = torch.cat([p(rows, batch.row_groups()) for p in (attention.query, attention.key, attention.value)], -1)
+    torch.testing.assert_close(fused, apart, atol=1e-6, rtol=1e-6)
+    assert [k for k in model.state_dict() if "layer.0.attention" in k and "weight" in k] == [
+        "encoder.layer.0.attention.query.weight", "encoder.layer.0.attention.key.weight",
+        "encoder.layer.0.attention.value.weight", "encoder.layer.0.attention.output.weight",
+        "encoder.layer.0.attention.LayerNorm.weight"]  # the checkpoint layout is unchanged
 
 
 # ---- torch.compile and torch.export ---------------------------------------------------------------------------------
