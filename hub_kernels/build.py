@@ -188,6 +188,10 @@ def stage_repo(dest, repo_id=None, kernel_dir=KERNEL_DIR):
         kernel_dir / "torch-ext", dest / "torch-ext", dirs_exist_ok=True,
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
+    # The benchmark scripts `kernels benchmark` runs (benchmarks/benchmark*.py), and measured results when there are.
+    for script in sorted((kernel_dir / "benchmarks").glob("benchmark*.py")):
+        (dest / "benchmarks").mkdir(exist_ok=True)
+        shutil.copyfile(script, dest / "benchmarks" / script.name)
     if BENCHMARK_RESULTS.exists() and kernel_dir == KERNEL_DIR:
         (dest / "benchmarks").mkdir(exist_ok=True)
         shutil.copyfile(BENCHMARK_RESULTS, dest / "benchmarks" / "results.json")

@@ -443,6 +443,24 @@ def test_the_ffn_gelu_runs_in_the_kernels_epilogue(built_repo):
     assert all(inside_kernel(event) for event in gelus)
 
 
+def test_kernels_benchmark_finds_and_verifies_the_repos_workloads(built_repo):
+    """`kernels benchmark` (kernels' own entry point) on the staged repo: every workload of
+    benchmarks/benchmark_grouped_linear.py runs on this machine's variant and matches its reference."""
+    import shutil
+
+    assert (built_repo / "benchmarks" / "benchmark_grouped_linear.py").is_file()
+    cli = shutil.which("kernels", path=os.path.dirname(sys.executable)) or shutil.which("kernels")
+    run = subprocess.run([cli, "benchmark", str(built_repo), "--iterations", "2", "--warmup", "1"], cwd=built_repo,
+                         capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    output = run.stdout + run.stderr
+    workloads = ["ffn_in_gelu", "ffn_out", "qkv", "projection_1024", "projection_768", "bias_free", "ragged_tokens",
+                 "one_empty_group"]
+    rows = [line for line in output.splitlines() if "GroupedLinearBenchmark" in line and "│" in line]
+    assert sorted(row.split("│")[2].strip() for row in rows) == sorted(workloads), output[-3000:]
+    assert all("✓" in row for row in rows), rows
+
+
 def test_model_loads_a_local_kernel_folder(built_repo):
     gemm = MoLGroupedGemm("hub_kernel", kernel_repo=str(built_repo))
     x, weight, b, offsets, _ = operands([2, 3], 16, 16, torch.float32, tail_rows=0)
