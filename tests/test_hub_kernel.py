@@ -461,6 +461,38 @@ def test_kernels_benchmark_finds_and_verifies_the_repos_workloads(built_repo):
     assert all("✓" in row for row in rows), rows
 
 
+def test_benchmark_gives_grouped_mm_a_cheap_bias_with_the_right_gradient():
+    benchmark = load_script("benchmark")
+    x = torch.randn(37, 32, requires_grad=True)
+    weight = torch.randn(3, 32, 16, requires_grad=True)
+    bias = torch.randn(3, 16, requires_grad=True)
+    sizes = [20, 0, 17]
+    offsets = torch.tensor(sizes).cumsum(0).to(torch.int32)
+    grad = torch.randn(37, 16)
+    benchmark.grouped_mm_cheap_bias(x, weight, bias, offsets, sizes).backward(grad)
+    got = [t.grad.clone() for t in (x, weight, bias)]
+    for t in (x, weight, bias):
+        t.grad = None
+    mol_grouped_gemm.grouped_linear_loop(x, weight, bias, offsets).backward(grad)
+    for mine, expected in zip(got, (x.grad, weight.grad, bias.grad)):
+        torch.testing.assert_close(mine, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_benchmark_quick_run_has_the_fair_rows_and_the_per_kernel_split(tmp_path):
+    out = tmp_path / "results.json"
+    run = subprocess.run([sys.executable, str(HUB_KERNELS / "benchmark.py"), "--quick", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["contender"] for r in rows} == {"hub_kernel", "grouped_mm", "loop", "dense"}
+    assert any(not r["bias"] for r in rows) and any(r["activation"] == "gelu" for r in rows)
+    assert any(r["tokens"] % 16 for r in rows) and {r["sizes"] for r in rows} >= {"skewed", "one-empty", "uniform"}
+    assert all(r["tflops"] is not None for r in rows if r["contender"] == "grouped_mm")  # fp32 runs on the CPU
+    split = [r["kernel_breakdown_ms"] for r in rows if r["contender"] == "hub_kernel" and r["mode"] == "fwd+bwd"]
+    assert split and all({"forward", "backward (dx, dW, db)"} <= set(s) for s in split)
+    assert "kernel ms: per kernel" in run.stdout
+
+
 def test_model_loads_a_local_kernel_folder(built_repo):
     gemm = MoLGroupedGemm("hub_kernel", kernel_repo=str(built_repo))
     x, weight, b, offsets, _ = operands([2, 3], 16, 16, torch.float32, tail_rows=0)
