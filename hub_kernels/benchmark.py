@@ -37,11 +37,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the MoL checkout: its torch paths are the contenders
-from modeling_mol.mol_grouped_gemm import (  # noqa: E402
-    grouped_linear_grouped_mm,
-    grouped_linear_loop,
-    grouped_mm_unsupported_reason,
-)
+from modeling_mol.mol_grouped_gemm import grouped_linear_loop, grouped_mm_unsupported_reason  # noqa: E402
 
 
 KERNEL_DIR = HERE / "mol-grouped-gemm"

@@ -70,8 +70,8 @@ def corpora(hub):
                        "has_hyperlink": [False] * len(texts), "last_updated": ["2.1"] * len(texts)}
             api.upload_file(path_or_fileobj=parquet_bytes(columns), path_in_repo=f"{split}/{name}.parquet",
                             repo_id=FLORES, repo_type="dataset")
-        card += [f"- config_name: {name}", "  data_files:", f"  - split: dev", f"    path: dev/{name}.parquet",
-                 f"  - split: devtest", f"    path: devtest/{name}.parquet"]
+        card += [f"- config_name: {name}", "  data_files:", "  - split: dev", f"    path: dev/{name}.parquet",
+                 "  - split: devtest", f"    path: devtest/{name}.parquet"]
     card += ["extra_gated_prompt: Protecting the integrity of FLORES+ for evaluation", "---", "# FLORES+ (tiny)"]
     api.upload_file(path_or_fileobj="\n".join(card).encode(), path_in_repo="README.md", repo_id=FLORES,
                     repo_type="dataset")
