@@ -401,7 +401,10 @@ class MoLConfig(PretrainedConfig):
         return list(self.language_groups)
 
     def language_to_group(self):
-        """Index of each language's group, in the order of `languages` (all 0 without groups)."""
+        """Index of each language's group, in the order of `languages` (all 0 without groups, and for a MoE, whose
+        routing is learned and whose language groups, when a config carries them, never route)."""
+        if self.is_moe:
+            return [0] * len(self.languages)
         group_of = {code: g for g, codes in enumerate(self.language_groups.values()) for code in codes}
         return [group_of.get(code, 0) for code in self.languages]
 

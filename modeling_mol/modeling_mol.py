@@ -707,7 +707,7 @@ class MoLPreTrainedModel(PreTrainedModel):
         return None
 
     def _sentence_groups(self, language_index, batch_size, device):
-        if language_index is None or self.config.is_moe:  # a MoE packs one group: its routing is learned
+        if language_index is None:
             return torch.zeros(batch_size, dtype=torch.long, device=device)
         table = torch.tensor(self.config.language_to_group(), dtype=torch.long, device=device)
         # Clamped so that a bad index fails in the range check with a clear message, not in this lookup.

@@ -51,13 +51,13 @@ def manifest_folder(template):
     return Path(os.path.dirname(template.split("{lang}")[0]) or ".")
 
 
-def write_jsonl(path, texts):
-    """All of `texts` as {"text": ...} lines, or nothing: written to a .partial file, then renamed."""
+def write_jsonl(path, rows):
+    """All of `rows` (dicts) as JSON lines, or nothing: written to a .partial file, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     with open(partial, "w", encoding="utf-8") as handle:
-        for text in texts:
-            handle.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(partial, path)
 
 
@@ -107,14 +107,16 @@ def plan(config, codes):
     return preparations
 
 
-def check_access(preparations, codes):
-    """Every Hub dataset the preparations read exists and is readable: {dataset: commit}."""
+def check_access(preparation, codes, checked):
+    """Every Hub dataset a preparation reads exists and is readable: {dataset: commit}. `checked` (shared by the
+    preparations) keeps a dataset from being asked twice."""
     commits = {}
-    for preparation in preparations:
-        for code in codes:
-            for source, role in zip(preparation.sources(code), (f"{preparation.kind}_corpus", "supplementary_corpus")):
-                if source is not None and "dataset" in source and source["dataset"] not in commits:
-                    commits[source["dataset"]] = mlm_data.check_hub_dataset(source, role)
+    for code in codes:
+        for source, role in zip(preparation.sources(code), (f"{preparation.kind}_corpus", "supplementary_corpus")):
+            if source is not None and "dataset" in source and source["dataset"] not in commits:
+                if source["dataset"] not in checked:
+                    checked[source["dataset"]] = mlm_data.check_hub_dataset(source, role)
+                commits[source["dataset"]] = checked[source["dataset"]]
     return commits
 
 
@@ -152,11 +154,11 @@ def prepare(config, languages=None, overwrite=False, parallel=None, show_progres
     for preparation in preparations:  # refuse a folder of other settings before any dataset is read
         folder = manifest_folder(preparation.template)
         manifests[preparation.kind] = (folder, read_manifest(folder, preparation.settings(), overwrite))
-    commits = check_access(preparations, codes)
+    checked = {}
+    commits = {p.kind: check_access(p, codes, checked) for p in preparations}  # all of them before any reading
     for preparation in preparations:
         folder, manifest = manifests[preparation.kind]
-        manifest["datasets"].update({name: sha for name, sha in commits.items()
-                                     if name in json.dumps([preparation.corpus, preparation.supplementary])})
+        manifest["datasets"].update(commits[preparation.kind])
         bar = tqdm(codes, desc=f"prepare {preparation.kind}", unit="language", disable=not show_progress)
         for code in bar:
             path = preparation.path(code)
@@ -167,7 +169,7 @@ def prepare(config, languages=None, overwrite=False, parallel=None, show_progres
                 texts = mlm_data.collect_texts(code, preparation.sources(code), preparation.caps["max_sentences"],
                                                preparation.caps["min_sentences"], preparation.caps["deduplicate"],
                                                f"{preparation.kind}_corpus", stats, sentences)
-            write_jsonl(path, texts)
+            write_jsonl(path, ({"text": text} for text in texts))
             manifest["languages"][code] = {"file": str(path), "sentences": len(texts), "from_corpus": stats["primary"],
                                            "from_supplementary": stats["supplementary"],
                                            "duplicates_dropped": stats["duplicates_dropped"],
@@ -195,9 +197,4 @@ def write_parallel(path, manifest, codes):
         with open(manifest["languages"][code]["file"], encoding="utf-8") as handle:
             rows += [{"lang": code, "id": i, "text": json.loads(line)["text"], "split": "devtest"}
                      for i, line in enumerate(handle)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(partial, path)
+    write_jsonl(path, rows)

@@ -26,17 +26,9 @@ SCALES = {"paper": "section5.yaml", "tiny": "section5_tiny.yaml"}
 
 def read_matrix(source):
     """The interference matrix as a pandas frame (rows: affected language, columns: added language)."""
-    from .interference_matrix import matrix_from_dataset, _rows
+    from .interference_matrix import matrix_from_dataset
 
-    rows = _rows(source)
-    if {"loss_mono", "loss_pair"} <= set(rows.columns):
-        return matrix_from_dataset(source)
-    codes = list(dict.fromkeys([*rows["language"], *rows["added_language"]]))
-    frame = rows.pivot(index="language", columns="added_language", values="interference").reindex(index=codes,
-                                                                                                   columns=codes)
-    for code in codes:
-        frame.at[code, code] = 0.0
-    return frame.astype(float)
+    return matrix_from_dataset(source)
 
 
 def check_code(code, matrix, what):

@@ -32,17 +32,25 @@ class ExpertLoad:
             cell = row_language * self.num_experts + logits.to(device).argmax(dim=-1)
             self.counts[block].view(-1).index_add_(0, cell, real)
 
+    def total(self, context):
+        """The counts summed over every process of the run, as a flat list (one all-reduce; every process calls it)."""
+        counts = self.counts.flatten().tolist()
+        return context.sum(counts) if context.world_size > 1 else counts
+
     def merge(self, context):
-        """Sum the counts of every process of the run (one all-reduce)."""
-        if context.world_size > 1:
-            summed = context.sum(self.counts.flatten().tolist())
-            self.counts = torch.tensor(summed, dtype=torch.float64, device=self.counts.device).view(self.counts.shape)
+        """Replace each process's counts by their sum over the run's processes."""
+        self._set(self.total(context))
+
+    def restore(self, counts, is_main):
+        """Resume the counts a checkpoint saved (`total` at that step): on the main process, which then holds the
+        run's sum, zeros on the others; the next log then covers the same steps as an uninterrupted run's."""
+        self._set(counts if is_main else [0.0] * self.counts.numel())
+
+    def _set(self, flat):
+        self.counts = torch.tensor(flat, dtype=torch.float64, device=self.counts.device).view(self.counts.shape)
 
     def reset(self):
         self.counts.zero_()
-
-    def tokens(self):
-        return float(self.counts[0].sum()) if self.blocks else 0.0
 
     @staticmethod
     def _fractions(counts):

@@ -272,13 +272,17 @@ def publish_dataset(folder, repo_id, private=False, allow_incomplete=False, toke
 
 def matrix_from_dataset(source, values="interference"):
     """The N x N matrix from a published dataset (Hub id, folder or file of its `interference` rows), in the order
-    the rows were written. `values="interference"`: I, diagonal 0; `values="loss"`: L, diagonal the monolingual
-    loss. Missing cells are NaN."""
+    the rows were written. `values="interference"`: I, diagonal 0 (NaN for a language without a monolingual run,
+    when the rows give `loss_mono`); `values="loss"`: L, diagonal the monolingual loss. Missing cells are NaN.
+    I alone needs only the `language`, `added_language` and `interference` columns (a hand-made table)."""
+    import pandas as pd
+
     column = {"interference": "interference", "loss": "loss_pair"}.get(values)
     if column is None:
         raise ValueError(f"values={values!r}: choose 'interference' (I) or 'loss' (L).")
     rows = _rows(source)
-    needed = [c for c in (*COLUMNS, "loss_mono", "loss_pair") if c not in rows.columns]
+    required = (*COLUMNS, "loss_mono", "loss_pair") if values == "loss" else COLUMNS
+    needed = [c for c in required if c not in rows.columns]
     if needed:
         raise ValueError(f"{source} lacks columns {needed}: it is not a dataset written by write_dataset_folder.")
     repeated = rows[rows.duplicated(["language", "added_language"])]
@@ -286,8 +290,11 @@ def matrix_from_dataset(source, values="interference"):
         raise ValueError(f"{source} has more than one row for pairs {list(zip(repeated['language'], repeated['added_language']))[:5]}.")
     codes = list(dict.fromkeys([*rows["language"], *rows["added_language"]]))
     matrix = rows.pivot(index="language", columns="added_language", values=column).reindex(index=codes, columns=codes)
-    mono = rows.groupby("language")["loss_mono"].first().reindex(codes)
-    diagonal = mono if values == "loss" else mono * 0.0  # 0 where the monolingual run exists, else NaN
+    if "loss_mono" in rows.columns:
+        mono = rows.groupby("language")["loss_mono"].first().reindex(codes)
+        diagonal = mono if values == "loss" else mono * 0.0  # 0 where the monolingual run exists, else NaN
+    else:
+        diagonal = pd.Series(0.0, index=codes)
     for code in codes:
         matrix.at[code, code] = diagonal[code]
     return matrix.astype(float)

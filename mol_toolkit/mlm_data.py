@@ -409,6 +409,14 @@ class MaskingSpec:
     special_token_ids: tuple
     probability: float = 0.15
 
+    @classmethod
+    def from_tokenizer(cls, tokenizer, probability=0.15):
+        """The tokenizer's mask and pad ids, its size, and its special tokens (never masked) but padding."""
+        return cls(mask_token_id=tokenizer.mask_token_id, pad_token_id=tokenizer.pad_token_id,
+                   vocab_size=len(tokenizer),
+                   special_token_ids=tuple(sorted(set(tokenizer.all_special_ids) - {tokenizer.pad_token_id})),
+                   probability=probability)
+
 
 def mask_tokens(input_ids, spec, generator):
     """BERT masking: `probability` of the real, non-special tokens are selected; of those 80% become <mask>, 10% a

@@ -178,10 +178,11 @@ class RunData:
         devtest_sources = per_language_sources(config.devtest_data, codes, "devtest_data")
         supplementary = config.supplementary_data
         checked = set()  # a gated or missing Hub dataset fails here, with its own message, before any reading
-        for source in [*train_sources.values(), *devtest_sources.values()]:
-            if "dataset" in source and source["dataset"] not in checked:
-                checked.add(source["dataset"])
-                mlm_data.check_hub_dataset(source, "train_data" if source in train_sources.values() else "devtest_data")
+        for role, sources in (("train_data", train_sources), ("devtest_data", devtest_sources)):
+            for source in sources.values():
+                if "dataset" in source and source["dataset"] not in checked:
+                    checked.add(source["dataset"])
+                    mlm_data.check_hub_dataset(source, role)
         self.codes = codes
         self.train, self.devtest = [], []
         for code in codes:
@@ -192,10 +193,7 @@ class RunData:
             self.devtest.append(mlm_data.tokenized_language(
                 code, "devtest", [devtest_sources[code], None], tokenizer, config.max_length, config.cache_dir,
                 config.eval_sentences, None, False)["input_ids"][:])  # small: held as lists
-        self.masking = mlm_data.MaskingSpec(
-            mask_token_id=tokenizer.mask_token_id, pad_token_id=tokenizer.pad_token_id, vocab_size=len(tokenizer),
-            special_token_ids=tuple(sorted(set(tokenizer.all_special_ids) - {tokenizer.pad_token_id})),
-            probability=config.mlm_probability)
+        self.masking = mlm_data.MaskingSpec.from_tokenizer(tokenizer, config.mlm_probability)
 
     def sizes(self):
         return [len(sentences) for sentences in self.train]
@@ -263,12 +261,11 @@ class MLMTrainer:
             if context.is_main:
                 mlm_data.remove_dead_partials(config.cache_dir)  # a killed run's half-written tokenizations
             self.data = RunData(config, self.tokenizer, self.codes)
-        self.epochs = config.max_steps * config.sentences_per_device * context.world_size * self.accumulation / \
-            max(1, sum(self.data.sizes()))
+        global_batch, sentences = config.sentences_per_device * context.world_size * self.accumulation, sum(self.data.sizes())
+        self.epochs = config.max_steps * global_batch / max(1, sentences)
         if self.is_main and show_progress:
-            print(f"{config.max_steps} steps x {config.sentences_per_device * context.world_size * self.accumulation} "
-                  f"sentences = {self.epochs:.2f} epochs of the {sum(self.data.sizes()):,} training sentences "
-                  f"({config.sampling} sampling).")
+            print(f"{config.max_steps} steps x {global_batch} sentences = {self.epochs:.2f} epochs of the "
+                  f"{sentences:,} training sentences ({config.sampling} sampling).")
         # Only now is anything written into the run folder: the lock first, then the checks again under it.
         self.folder.acquire(config.resume, config.overwrite)
         self.checkpoints.remove_leftovers()
@@ -342,9 +339,11 @@ class MLMTrainer:
         return {"model": model_state, "optimizer": optimizer_state}
 
     def save_checkpoint(self, step, model, optimizer, scheduler, sampler):
+        # A MoE's expert counts since the last log go with it, so that a resumed run logs the same shares.
+        expert_load = self.expert_load.total(self.context) if self.expert_load is not None else None
         return self.checkpoints.save(step, self._states(model, optimizer), {
             "step": step, "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
-            "identity": self.run_identity()})
+            "identity": self.run_identity(), "expert_load": expert_load})
 
     def load_checkpoint(self, path, model, optimizer, scheduler, sampler):
         from torch.distributed.checkpoint.state_dict import set_state_dict
@@ -360,6 +359,8 @@ class MLMTrainer:
         set_state_dict(model, optimizer, model_state_dict=states["model"], optim_state_dict=states["optimizer"])
         scheduler.load_state_dict(recorded["scheduler"])
         sampler.load_state_dict(recorded["sampler"])
+        if self.expert_load is not None and recorded.get("expert_load") is not None:
+            self.expert_load.restore(recorded["expert_load"], self.is_main)
         return recorded["step"]
 
     # -- steps

@@ -489,3 +489,42 @@ def test_two_process_fsdp2_moe_run_trains_logs_its_routers_and_exports_a_bundle_
     got = torch.load(target)
     assert torch.equal(got["logits"], expected.logits) and torch.equal(got["aux_loss"], expected.aux_loss)
     assert all(torch.equal(a, b) for a, b in zip(got["router_logits"], expected.router_logits))
+
+
+@pytest.mark.slow
+def test_a_killed_moe_run_resumes_with_the_same_losses_and_router_logs(tmp_path):
+    """Logged every 3 steps, checkpointed every 5: the log after the resume covers steps on both sides of the
+    checkpoint, so the expert counts since the last log must come back from the checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_train_mlm import TINY, launch_env, read_metrics
+
+    common = ["--cache-dir", str(tmp_path / "cache"), "--trackers", "[]", "--max-steps", "24", "--checkpoint-every",
+              "5", "--log-every", "3", "--eval-every", "0", "--export", "false", "--routing", "token",
+              "--num-experts", "3"]
+    script = [sys.executable, str(PROJECT / "train_mlm.py"), "--config", str(TINY)]
+    subprocess.run(script + common + ["--output-dir", str(tmp_path / "full")], check=True, env=launch_env(),
+                   capture_output=True)
+    killed = subprocess.Popen(script + common + ["--output-dir", str(tmp_path / "killed")], env=launch_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 120
+    while not any(p.name == "step-0000005" for p in checkpoints.glob("step-*")) and time.time() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert max(read_metrics(tmp_path / "killed")) < 24, "the run finished before it could be killed"
+    subprocess.run(script + common + ["--output-dir", str(tmp_path / "killed"), "--resume"], check=True,
+                   env=launch_env(), capture_output=True)
+    full, resumed = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "killed")
+    assert sorted(resumed) == sorted(full)
+    for step, row in full.items():
+        for key, value in row.items():
+            if key.startswith(("train/loss", "train/aux_loss", "router/block")):
+                assert resumed[step][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (step, key)
+        for code, blocks in row.get("router/load_by_language", {}).items():
+            for block, shares in blocks.items():
+                assert resumed[step]["router/load_by_language"][code][block] == pytest.approx(shares), (step, code)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mol_toolkit import mlm_data
 from mol_toolkit.expert_load import ExpertLoad
 
 from .lid_probe import flores_plus_source, udhr_sources
@@ -61,16 +62,6 @@ def check_languages(codes, model):
     return codes
 
 
-def padded(sequences, pad_token_id, device):
-    width = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        mask[row, :len(ids)] = 1
-    return input_ids.to(device), mask.to(device)
-
-
 @torch.inference_mode()
 def expert_histogram(model, tokenized, batches, batch_size, seed, pad_token_id, progress=None):
     """ExpertLoad over `batches` random batches per language (sentences drawn without replacement within a batch,
@@ -82,9 +73,10 @@ def expert_histogram(model, tokenized, batches, batch_size, seed, pad_token_id, 
         lang_id = model.config.languages.index(code)
         for _ in range(batches):
             chosen = generator.choice(len(sequences), size=min(batch_size, len(sequences)), replace=False)
-            input_ids, mask = padded([sequences[i] for i in chosen], pad_token_id, device)
-            logits = model.mol(input_ids=input_ids, attention_mask=mask, output_router_logits=True).router_logits
-            load.add(logits, mask.cpu(), torch.full((len(chosen),), lang_id))
+            input_ids, mask = mlm_data.pad_batch([sequences[i] for i in chosen], pad_token_id)
+            logits = model.mol(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                               output_router_logits=True).router_logits
+            load.add(logits, mask, torch.full((len(chosen),), lang_id))
             if progress is not None:
                 progress.update(1)
     return load
@@ -112,12 +104,7 @@ def mlm_loss_per_language(model, masked_batches, progress=None):
 def masked_devtest(tokenized, tokenizer, model, batch_size, mlm_probability=0.15):
     """Every language's devtest sentences masked once (a generator fixed by the language code, as train_mlm.py's
     evaluation), so that learned and random routing see the same masked tokens."""
-    from mol_toolkit import mlm_data
-
-    spec = mlm_data.MaskingSpec(
-        mask_token_id=tokenizer.mask_token_id, pad_token_id=tokenizer.pad_token_id, vocab_size=len(tokenizer),
-        special_token_ids=tuple(sorted(set(tokenizer.all_special_ids) - {tokenizer.pad_token_id})),
-        probability=mlm_probability)
+    spec = mlm_data.MaskingSpec.from_tokenizer(tokenizer, mlm_probability)
     return {code: mlm_data.eval_batches(code, model.config.languages.index(code), sequences, spec, batch_size)
             for code, sequences in tokenized.items()}
 

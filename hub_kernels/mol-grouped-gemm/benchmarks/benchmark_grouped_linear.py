@@ -49,77 +49,28 @@ class GroupedLinearBenchmark(Benchmark):
         out = torch.nn.functional.gelu(out) if self.activation == "gelu" else out
         return out.to(self.x.dtype)
 
-    # The FFN: in (1024 -> 4096) with the GELU in the epilogue, and out (4096 -> 1024).
-    def setup_ffn_in_gelu(self):
-        self.operands(1024, 4096, activation="gelu")
 
-    def benchmark_ffn_in_gelu(self):
-        self.run()
+# Workload -> operands: the FFN in (1024 -> 4096, GELU in the epilogue) and out (4096 -> 1024); attention's Q, K and V
+# as one GEMM (1024 -> 3072), its output projection (1024 -> 1024) and XLM-R base's (768); and the edges: no bias, a
+# token count that is not a multiple of 16 (49048, 6131 on the CPU), a group without rows.
+WORKLOADS = {
+    "ffn_in_gelu": dict(in_features=1024, out_features=4096, activation="gelu"),
+    "ffn_out": dict(in_features=4096, out_features=1024),
+    "qkv": dict(in_features=1024, out_features=3072),
+    "projection_1024": dict(in_features=1024, out_features=1024),
+    "projection_768": dict(in_features=768, out_features=768),
+    "bias_free": dict(in_features=1024, out_features=4096, bias=False),
+    "ragged_tokens": dict(in_features=1024, out_features=4096, tokens=49152 - 8 * 13),
+    "one_empty_group": dict(in_features=1024, out_features=4096, empty=3),
+}
 
-    def verify_ffn_in_gelu(self):
-        return self.reference()
 
-    def setup_ffn_out(self):
-        self.operands(4096, 1024)
+def _add_workload(name, operands):
+    # `kernels benchmark` finds workloads by method name: setup_<name>, benchmark_<name>, verify_<name>.
+    setattr(GroupedLinearBenchmark, f"setup_{name}", lambda self: self.operands(**operands))
+    setattr(GroupedLinearBenchmark, f"benchmark_{name}", GroupedLinearBenchmark.run)
+    setattr(GroupedLinearBenchmark, f"verify_{name}", GroupedLinearBenchmark.reference)
 
-    def benchmark_ffn_out(self):
-        self.run()
 
-    def verify_ffn_out(self):
-        return self.reference()
-
-    # Attention: Q, K and V as one GEMM (1024 -> 3072), the output projection (1024 -> 1024), XLM-R base's (768).
-    def setup_qkv(self):
-        self.operands(1024, 3072)
-
-    def benchmark_qkv(self):
-        self.run()
-
-    def verify_qkv(self):
-        return self.reference()
-
-    def setup_projection_1024(self):
-        self.operands(1024, 1024)
-
-    def benchmark_projection_1024(self):
-        self.run()
-
-    def verify_projection_1024(self):
-        return self.reference()
-
-    def setup_projection_768(self):
-        self.operands(768, 768)
-
-    def benchmark_projection_768(self):
-        self.run()
-
-    def verify_projection_768(self):
-        return self.reference()
-
-    # Edges: no bias, a token count that is not a multiple of 16, a group without rows.
-    def setup_bias_free(self):
-        self.operands(1024, 4096, bias=False)
-
-    def benchmark_bias_free(self):
-        self.run()
-
-    def verify_bias_free(self):
-        return self.reference()
-
-    def setup_ragged_tokens(self):
-        self.operands(1024, 4096, tokens=49152 - 8 * 13)  # 49048 tokens (6131 on the CPU): no multiple of 16
-
-    def benchmark_ragged_tokens(self):
-        self.run()
-
-    def verify_ragged_tokens(self):
-        return self.reference()
-
-    def setup_one_empty_group(self):
-        self.operands(1024, 4096, empty=3)
-
-    def benchmark_one_empty_group(self):
-        self.run()
-
-    def verify_one_empty_group(self):
-        return self.reference()
+for _name, _operands in WORKLOADS.items():
+    _add_workload(_name, _operands)
