@@ -27,6 +27,8 @@ MOL_AUTO_MAP = {
 
 GROUP_LAYOUTS = ("stacked", "interleaved", "lid", "dense", "all")
 GROUPED_GEMM_BACKENDS = ("auto", "hub_kernel", "grouped_mm", "loop")
+# The mol-grouped-gemm kernel's major version (hub_kernels/mol-grouped-gemm/build.toml; a test keeps them equal).
+GROUPED_GEMM_KERNEL_VERSION = 0
 CLASSIFIER_POOLINGS = ("cls", "mean")
 ROUTINGS = ("language", "token", "sentence")
 # The learned-routing options and their defaults for a MoE (routing="token" or "sentence"). The paper gives none of
@@ -179,7 +181,8 @@ class MoLConfig(PretrainedConfig):
         grouped_gemm_backend (`str`): `auto` (Hub kernel where it loads, else torch grouped_mm, else a per-group
             loop), or force one of `hub_kernel`, `grouped_mm`, `loop`.
         grouped_gemm_kernel (`str`, *optional*): Hub repo id of the grouped-GEMM kernel; `None` never loads one.
-        grouped_gemm_kernel_version (`int`): the kernel's major version (its `v<N>` branch).
+        grouped_gemm_kernel_version (`int`): the kernel's major version (its `v<N>` branch). 0 until the kernel's GPU
+            figures are measured (the kernel repo's convention: v0 is unmeasured, v1 the first measured release).
         grouped_gemm_kernel_trust_remote_code (`bool` or `list[str]`): the user's explicit trust in a kernel repo
             whose publisher the Hub does not mark as a trusted kernel publisher (`kernels`' `trust_remote_code`: `True`,
             or a list of repo ids). `False` (the default) refuses such a kernel, says why, and runs the torch path.
@@ -235,7 +238,7 @@ class MoLConfig(PretrainedConfig):
         default_language=None,
         grouped_gemm_backend="auto",
         grouped_gemm_kernel="mol-encoders/mol-grouped-gemm",
-        grouped_gemm_kernel_version=1,
+        grouped_gemm_kernel_version=GROUPED_GEMM_KERNEL_VERSION,
         grouped_gemm_kernel_trust_remote_code=False,
         routing="language",
         num_experts=None,
@@ -358,6 +361,11 @@ class MoLConfig(PretrainedConfig):
         if self.grouped_gemm_backend not in GROUPED_GEMM_BACKENDS:
             raise ValueError(
                 f"grouped_gemm_backend {self.grouped_gemm_backend!r} is unknown: use one of {list(GROUPED_GEMM_BACKENDS)}."
+            )
+        version = self.grouped_gemm_kernel_version
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise ValueError(
+                f"grouped_gemm_kernel_version must be an integer >= 0 (the kernel repo's v<N> branch), got {version!r}."
             )
         trust = self.grouped_gemm_kernel_trust_remote_code
         if not isinstance(trust, bool) and not (isinstance(trust, list) and all(isinstance(t, str) for t in trust)):

@@ -93,7 +93,7 @@ def quick_grid():
 
 
 # ---- the kernel ---------------------------------------------------------------------------------------------------
-def load_kernel(kernel_dir, kernel_repo, device):
+def load_kernel(kernel_dir, kernel_repo, device, kernel_version=0):
     """(module, how it was loaded)."""
     backend = "cpu" if device == "cpu" else None
     try:
@@ -101,8 +101,8 @@ def load_kernel(kernel_dir, kernel_repo, device):
     except ImportError:
         return _import_variant(kernel_dir / "build" / f"torch-{'cpu' if device == 'cpu' else 'cuda'}")
     if kernel_repo:
-        module = kernels.get_kernel(kernel_repo, version=1, backend=backend, trust_remote_code=[kernel_repo])
-        return module, f"kernels {kernels.__version__} get_kernel({kernel_repo!r}, version=1)"
+        module = kernels.get_kernel(kernel_repo, version=kernel_version, backend=backend, trust_remote_code=[kernel_repo])
+        return module, f"kernels {kernels.__version__} get_kernel({kernel_repo!r}, version={kernel_version})"
     module = kernels.get_local_kernel(kernel_dir, backend=backend)
     return module, f"kernels {kernels.__version__} get_local_kernel({str(kernel_dir)!r})"
 
@@ -394,7 +394,8 @@ def main(argv=None):
         "--dtype", choices=["bfloat16", "float16", "float32"], help="default: bf16 on CUDA, fp32 on CPU"
     )
     parser.add_argument("--kernel", type=Path, default=KERNEL_DIR, help="a built kernel repo folder")
-    parser.add_argument("--kernel-repo", help="load ORG/NAME from the Hub (version 1) instead of --kernel")
+    parser.add_argument("--kernel-repo", help="load ORG/NAME from the Hub instead of --kernel")
+    parser.add_argument("--kernel-version", type=int, default=0, help="the version --kernel-repo loads (default 0)")
     parser.add_argument("--out", type=Path, default=Path("grouped_gemm_benchmark.json"), help="results JSON")
     args = parser.parse_args(argv)
 
@@ -404,7 +405,7 @@ def main(argv=None):
     if device == "cpu" and not args.quick:
         print("no CUDA device: full-size shapes on the CPU would take hours; use --quick", file=sys.stderr)
         return 2
-    kernel, loaded_via = load_kernel(args.kernel, args.kernel_repo, device)
+    kernel, loaded_via = load_kernel(args.kernel, args.kernel_repo, device, args.kernel_version)
     rows = []
     for i, shape in enumerate(shapes, 1):
         print(f"[{i}/{len(shapes)}] in={shape[0]} out={shape[1]} groups={shape[2]} tokens={shape[3]} {shape[4]} "

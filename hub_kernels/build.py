@@ -10,15 +10,25 @@ What kernel-builder does for a pure-Python (`torch-noarch`) kernel, without Nix:
 kernel can be loaded into one process), and the `metadata.json` that `kernels` reads. The torch-cpu variant leaves
 out the Triton module, so it imports on machines without Triton. The output is deterministic: the namespace hash is
 a hash of the sources, so rebuilding unchanged sources changes nothing.
+
+metadata.json carries what current kernel-builder writes and `kernels` 0.17 reads: `kernels-minver`, the variant's
+`digest` (sha256 of every file, which `kernels verify-signature` / `kernels.verify.verify_variant` checks) and the
+build's `provenance` (the builder, and the git commit and dirty state of the sources). The committed build/ records
+no git state (a commit cannot name itself); the staged repo that `publish.py` uploads records it.
+
+Versions: a kernel is published as version 0 until its GPU figures are measured (benchmarks/results.json written
+on an H100/H200 by `hub_kernels/benchmark.py`); build.toml's version may be 1 or more only once they exist.
 """
 
 import argparse
+import base64
 import filecmp
 import hashlib
 import importlib.util
 import json
 import shutil
 import string
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +44,10 @@ HERE = Path(__file__).resolve().parent
 KERNEL_DIR = HERE / "mol-grouped-gemm"
 CARD_TEMPLATE = HERE.parent / "model_cards" / "kernel_card.md"  # hub_kernels is a checkout tool, not installed
 BENCHMARK_RESULTS = KERNEL_DIR / "benchmarks" / "results.json"
+PYPROJECT = HERE.parent / "pyproject.toml"
+KERNELS_MINVER = "0.17.0"  # the `kernels` that reads digest and provenance (pyproject's kernels extra)
+# Kernel-repo folders staged beside build/: its tests and the scripts `kernels benchmark` runs.
+STAGED_FOLDERS = {"tests": "test*.py", "benchmarks": "benchmark*.py"}
 
 # Sources that only the named backend ships; every other file of the package goes to every variant.
 BACKEND_ONLY = {"triton_grouped_gemm.py": "cuda"}
@@ -78,7 +92,24 @@ def read_build_config(kernel_dir=KERNEL_DIR):
             raise ValueError(f"{kernel_dir / 'build.toml'}: [general] needs `{key}`.")
     if "torch-noarch" not in config:
         raise ValueError(f"{kernel_dir / 'build.toml'}: this builder makes pure-Python variants; add [torch-noarch].")
+    version = general["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"{kernel_dir / 'build.toml'}: version must be an integer >= 0, got {version!r}.")
+    if version >= 1 and measured_device(kernel_dir / "benchmarks" / "results.json") is None:
+        raise ValueError(
+            f"{kernel_dir / 'build.toml'}: version {version} needs measured GPU figures in benchmarks/results.json "
+            "(`python hub_kernels/benchmark.py --out hub_kernels/mol-grouped-gemm/benchmarks/results.json` on an "
+            "H100/H200); publish as version 0 until then."
+        )
     return general
+
+
+def measured_device(results_path):
+    """The GPU the benchmark results were measured on, or None when there are none (or they are CPU figures)."""
+    if not Path(results_path).exists():
+        return None
+    device = json.loads(Path(results_path).read_text()).get("environment", {}).get("device", "cpu")
+    return None if str(device).lower().startswith("cpu") else device
 
 
 def package_dir(kernel_dir, name):
@@ -97,19 +128,65 @@ def source_hash(sources):
     return digest.hexdigest()[:10]
 
 
-def variant_metadata(general, backend, namespace):
+def variant_digest(variant):
+    """The `digest` of metadata.json as kernels computes it (`kernels._rust.Digest.hash_variant`): base64 sha256 of
+    every file of the variant by its relative path, leaving out the metadata itself, its signature and bytecode."""
+    files = {}
+    for path in sorted(p for p in variant.rglob("*") if p.is_file()):
+        relative = path.relative_to(variant)
+        if "__pycache__" in relative.parts or relative.name.startswith("metadata.json"):
+            continue
+        files[relative.as_posix()] = base64.b64encode(hashlib.sha256(path.read_bytes()).digest()).decode()
+    return {"algorithm": "sha256", "files": files}
+
+
+def git_status(paths):
+    """{"commit", "dirty"} of the git checkout holding `paths` (dirty: uncommitted changes to tracked files among
+    them), or None outside a git checkout."""
+    paths = [str(p) for p in paths]
+    try:
+        run = dict(cwd=HERE, capture_output=True, text=True, check=True)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()
+        changes = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths], **run).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"commit": commit, "dirty": bool(changes.strip())}
+
+
+def builder_version():
+    with open(PYPROJECT, "rb") as handle:
+        return tomllib.load(handle)["project"]["version"]
+
+
+def build_provenance(kernel_dir, record_git):
+    """kernel-builder's `provenance`: this builder (hub_kernels/build.py of mol-encoders, at the project's version)
+    and, when record_git, the git state of the builder and of the kernel's sources."""
+    builder = {"version": builder_version()}
+    provenance = {"kernel-builder": builder}
+    if record_git:
+        builder.update(git_status([Path(__file__)]) or {})
+        kernel = git_status([kernel_dir / "build.toml", kernel_dir / "torch-ext"])
+        if kernel is not None:
+            provenance["kernel"] = kernel
+    return provenance
+
+
+def variant_metadata(general, backend, namespace, digest, provenance):
     # Only einops/helion/tvm-ffi may appear in python-depends; Triton ships with CUDA builds of torch.
     return {
         "id": namespace,
         "name": general["name"],
         "version": general["version"],
+        "kernels-minver": KERNELS_MINVER,
         "license": general["license"],
         "python-depends": [],
         "backend": {"type": backend},
+        "digest": digest,
+        "provenance": provenance,
     }
 
 
-def build_variant(kernel_dir, general, backend, build_dir):
+def build_variant(kernel_dir, general, backend, build_dir, record_git=False):
     """Write build_dir/torch-<backend>/ and return its path."""
     sources = package_sources(kernel_dir, general["name"])
     namespace = f"_{general['name'].replace('-', '_')}_{backend}_{source_hash(sources)}"
@@ -122,17 +199,20 @@ def build_variant(kernel_dir, general, backend, build_dir):
             shutil.copyfile(source, variant / source.name)
     ops = string.Template(OPS_TEMPLATE).substitute(backend=backend, namespace=namespace)
     (variant / "_ops.py").write_text(ops)
-    metadata = variant_metadata(general, backend, namespace)
+    provenance = build_provenance(kernel_dir, record_git)
+    metadata = variant_metadata(general, backend, namespace, variant_digest(variant), provenance)
     (variant / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     return variant
 
 
-def build_variants(kernel_dir=KERNEL_DIR, build_dir=None):
+def build_variants(kernel_dir=KERNEL_DIR, build_dir=None, record_git=False):
     """build/torch-<backend>/ for every backend of build.toml; returns {backend: path}."""
     general = read_build_config(kernel_dir)
     build_dir = Path(build_dir) if build_dir is not None else kernel_dir / "build"
     build_dir.mkdir(parents=True, exist_ok=True)
-    return {backend: build_variant(kernel_dir, general, backend, build_dir) for backend in general["backends"]}
+    return {
+        backend: build_variant(kernel_dir, general, backend, build_dir, record_git) for backend in general["backends"]
+    }
 
 
 def benchmark_section(results_path=BENCHMARK_RESULTS):
@@ -178,24 +258,27 @@ def build_in_place(kernel_dir=KERNEL_DIR):
     return variants
 
 
-def stage_repo(dest, repo_id=None, kernel_dir=KERNEL_DIR):
-    """A complete Hub kernel repo in `dest`: build.toml, torch-ext/ (no bytecode), build/, README.md for repo_id."""
+def stage_repo(dest, repo_id=None, kernel_dir=KERNEL_DIR, record_git=False):
+    """A complete Hub kernel repo in `dest`: build.toml, torch-ext/ (no bytecode), tests/, benchmarks/, build/ and
+    README.md for repo_id; record_git puts the sources' git state into the variants' provenance (for publishing)."""
     dest = Path(dest)
     general = read_build_config(kernel_dir)
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(kernel_dir / "build.toml", dest / "build.toml")
+    for name in ("build.toml", "pytest.ini"):
+        shutil.copyfile(kernel_dir / name, dest / name)
     shutil.copytree(
         kernel_dir / "torch-ext", dest / "torch-ext", dirs_exist_ok=True,
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
-    # The benchmark scripts `kernels benchmark` runs (benchmarks/benchmark*.py), and measured results when there are.
-    for script in sorted((kernel_dir / "benchmarks").glob("benchmark*.py")):
-        (dest / "benchmarks").mkdir(exist_ok=True)
-        shutil.copyfile(script, dest / "benchmarks" / script.name)
+    # The kernel's tests, the benchmark scripts `kernels benchmark` runs, and measured results when there are.
+    for folder, pattern in STAGED_FOLDERS.items():
+        for script in sorted((kernel_dir / folder).glob(pattern)):
+            (dest / folder).mkdir(exist_ok=True)
+            shutil.copyfile(script, dest / folder / script.name)
     if BENCHMARK_RESULTS.exists() and kernel_dir == KERNEL_DIR:
         (dest / "benchmarks").mkdir(exist_ok=True)
         shutil.copyfile(BENCHMARK_RESULTS, dest / "benchmarks" / "results.json")
-    build_variants(kernel_dir, dest / "build")
+    build_variants(kernel_dir, dest / "build", record_git)
     (dest / "README.md").write_text(render_card(general, repo_id or default_repo_id(kernel_dir)))
     return dest
 

@@ -47,7 +47,7 @@ def publish(repo_id, private=False, kernel_dir=KERNEL_DIR, api=None):
     branch = version_branch(general["version"])
     api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mol-grouped-gemm-") as tmp:
-        staged = stage_repo(Path(tmp) / general["name"], repo_id, kernel_dir)
+        staged = stage_repo(Path(tmp) / general["name"], repo_id, kernel_dir, record_git=True)
         message = f"{general['name']} v{general['version']}: build/torch-cpu, build/torch-cuda"
         upload = dict(
             repo_id=repo_id, repo_type=REPO_TYPE, folder_path=staged, commit_message=message,

@@ -158,7 +158,7 @@ def _fused(kernel_op):
 class MoLGroupedGemm:
     """Chooses and calls a grouped-linear implementation. Not a module: it holds no weights, only the choice."""
 
-    def __init__(self, backend="auto", kernel_repo=None, kernel_version=1, trust_remote_code=False):
+    def __init__(self, backend="auto", kernel_repo=None, kernel_version=0, trust_remote_code=False):
         if backend not in BACKENDS:
             raise ValueError(f"grouped GEMM backend {backend!r} is unknown: use one of {list(BACKENDS)}.")
         self.backend = backend

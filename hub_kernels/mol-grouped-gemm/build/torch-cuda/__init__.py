@@ -1,7 +1,7 @@
 """mol-grouped-gemm: the grouped linear op of Mixture-of-Languages encoders, as a Hub kernel.
 
     from kernels import get_kernel
-    kernel = get_kernel("mol-encoders/mol-grouped-gemm", version=1)
+    kernel = get_kernel("mol-encoders/mol-grouped-gemm", version=0)
     y = kernel.grouped_linear(x, weight, bias, offsets, activation="gelu")
 
 Y[rows of g] = act(X[rows of g] @ W[g] + b[g]) with x (tokens, in), weight (groups, in, out), bias (groups, out)
