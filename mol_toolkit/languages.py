@@ -1,7 +1,17 @@
 """The language table (FLORES-200 code, name, script, family, superfamily, NLLB resource level) and the papers'
 language lists and groups. One table serves group_languages.py and build_interference.py.
 
-`languages.tsv` covers the Interference Matrix paper's Appendix B and the Mixture of Languages paper's Tables 8-10.
+`languages.tsv` holds every FLORES-200 language (204 codes), each once. Its first 104 rows cover the Interference
+Matrix paper's Appendix B and the Mixture of Languages paper's Tables 8-10 (their values, as below); the other 100
+rows complete FLORES-200. Where each value of those rows comes from:
+- code and name: the language table of FLORES-200's README (facebookresearch/flores, flores200/README.md);
+- script: the ISO 15924 part of the code, by its Unicode name (Geez for Ethi, as in the papers' rows);
+- family and superfamily: Glottolog's classification (the top-level family as superfamily, the subgroup below it
+  as family, named as in the papers' rows: Benue-Congo for the Bantu languages, Kwa, Gur, Volta-Niger, ...);
+- resource: the High/Low column of the NLLB paper's Table 1 (NLLB Team, 2022). Of the 100 rows only Western
+  Persian (pes_Arab) is High.
+The FLORES+ renames (`cmn_Hans`, `ekk_Latn`, `fil_Latn`, ...) and NLLB's `sat_Beng` for Santali resolve to
+their FLORES-200 rows (`ALIASES`).
 The papers' slips are fixed, not copied: `swl_Latn` is Swahili `swh_Latn`, `hye_Arnm` is `hye_Armn`, Lao is
 `lao_Laoo` (never `lao_Lao`); Appendix B leaves Basque and Hungarian without a family (here: the isolate `Basque`,
 and `Ugric` of Uralic) and some rows without a resource level (here from the Mixture of Languages paper's Table 12:
@@ -39,7 +49,7 @@ def language_table():
 
 def language(code):
     table = language_table()
-    code = CODE_FIXES.get(code, code)
+    code = ALIASES.get(code, code)
     if code not in table:
         close = difflib.get_close_matches(code, table, n=3)
         hint = f" Did you mean {close}?" if close else ""
@@ -88,9 +98,16 @@ PRESETS = {"mol-30": MOL_30, "mol-90": MOL_90, "interference-83": INTERFERENCE_8
 FLORES_PLUS_NAMES = {"zho_Hans": "cmn_Hans", "zho_Hant": "cmn_Hant", "est_Latn": "ekk_Latn", "tgl_Latn": "fil_Latn"}
 
 
+# Other names of a FLORES-200 row: the papers' slips, the FLORES+ renames, and NLLB's code for Santali (its model
+# and tokenizer say `sat_Beng` for the Ol Chiki text FLORES-200 calls `sat_Olck`).
+ALIASES = {**CODE_FIXES, **{plus: code for code, plus in FLORES_PLUS_NAMES.items()}, "sat_Beng": "sat_Olck"}
+
+
 def flores_plus_name(code):
     """The FLORES+ config name of a FLORES-200 code."""
     return FLORES_PLUS_NAMES.get(code, code)
+
+
 PAPER_GROUPS = {"mol-30": PAPER_GROUPS_30, "mol-90": PAPER_GROUPS_90}
 
 
@@ -139,6 +156,8 @@ MACROLANGUAGE_MEMBERS = {
 # Codes that mteb's task metadata uses for a language under another name: MASSIVE's Mandarin is `cmo-Hans` /
 # `cmo-Hant` (ISO 639-3 `cmo` is Central Mnong, a slip), FLORES+ renamed Estonian `ekk`.
 CODE_ALIASES = {"cmo": "zho", "ekk": "est"}
+# The script a bare code means where FLORES-200 also has a transliteration of the same language.
+PRIMARY_SCRIPTS = {"arb": "Arab"}
 # The script a region implies where a language is written in more than one (BCP 47 `zh-CN`, `zh-TW`).
 REGION_SCRIPTS = {("zho", "CN"): "Hans", ("zho", "SG"): "Hans", ("zho", "TW"): "Hant", ("zho", "HK"): "Hant",
                   ("zho", "MO"): "Hant"}
@@ -188,7 +207,7 @@ def resolve_language_code(code, known=None):
     language matches; raises ValueError when several do (e.g. `zho` without a script), naming them.
     """
     known = list(language_table()) if known is None else list(known)
-    code = CODE_FIXES.get(code, code) if isinstance(code, str) else code
+    code = ALIASES.get(code, code) if isinstance(code, str) else code
     if code in known:
         return code
     language, script = parse_language_code(code)
@@ -199,6 +218,8 @@ def resolve_language_code(code, known=None):
     ]
     if len(candidates) > 1:
         standard = [flores for flores in candidates if flores.split("_")[0] == members[0]]
+        if len(standard) > 1 and script is None:  # `arb` alone is Arabic script, not FLORES-200's romanized row
+            standard = [flores for flores in standard if PRIMARY_SCRIPTS.get(flores.split("_")[0]) in (None, flores.split("_")[1])]
         if len(standard) == 1:
             return standard[0]
         raise ValueError(

@@ -41,7 +41,9 @@ def main(expected_path):
         assert type(model).__name__ == head["class_name"], (type(model), head["class_name"])
         with torch.no_grad():
             output = getattr(model(**head["inputs"]), head["output"])
-        assert torch.equal(output, head["expected"]), (head["class_name"], (output - head["expected"]).abs().max())
+        # Not bitwise: a head's small matmuls may take another kernel in a fresh process (seen: 9e-10 apart).
+        difference = (output - head["expected"]).abs().max()
+        assert output.shape == head["expected"].shape and difference <= 1e-6, (head["class_name"], difference)
 
     tokenizer = AutoTokenizer.from_pretrained(source)
     mlm.set_default_language(expected["fill_language"])
