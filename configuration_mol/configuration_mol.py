@@ -31,6 +31,9 @@ GROUPED_GEMM_BACKENDS = ("auto", "hub_kernel", "grouped_mm", "loop")
 GROUPED_GEMM_KERNEL_VERSION = 0
 CLASSIFIER_POOLINGS = ("cls", "mean")
 ROUTINGS = ("language", "token", "sentence")
+# `languages="auto"` / `default_language="auto"`: identify each text's language, then route it.
+AUTO_LANGUAGE = "auto"
+LANGUAGE_IDENTIFIERS = ("input-embedding-linear",)
 # The learned-routing options and their defaults for a MoE (routing="token" or "sentence"). The paper gives none of
 # these values (it trains 5 experts, the size of MoL-30's 5 groups): they are the project's choices.
 MOE_DEFAULTS = {
@@ -177,7 +180,21 @@ class MoLConfig(PretrainedConfig):
             copy in every group-specific block is the g-th group in sorted name order.
         group_layers (`list[int]` or `str`): the group-specific block indices, or a layout name: `stacked`,
             `interleaved`, `lid` / `lid:a-b-c`, `dense`, `all`. Stored resolved; the name stays in `group_layout`.
-        default_language (`str`, *optional*): the language used when a forward pass names none.
+        default_language (`str`, *optional*): the language used when a forward pass names none; `"auto"` identifies
+            each text's language with the checkpoint's language identifier (`language_identifier`).
+        language_identifier (`str`, *optional*): the checkpoint's language identifier, `None` (none) or
+            `input-embedding-linear`: a linear model (multinomial logistic regression) over the mean of a text's input
+            (word) embeddings, special tokens left out, fitted by `train_mlm.py` on its training data or by
+            `train_mlm.py fit-language-id` for converted models. Its weights are the model's
+            `language_identifier.weight` / `.bias` buffers.
+        language_identifier_labels (`list[str]`): the codes it predicts (may include languages the model lacks).
+        language_identifier_ignored_ids (`list[int]`): token ids left out of the mean (the tokenizer's special ids).
+        language_identifier_threshold (`float`): the confidence (softmax probability) below which a prediction is not
+            trusted (default 0.5).
+        language_identifier_fallback (`str`, *optional*): where a text goes whose identified language the model lacks
+            or whose confidence is below the threshold: a code of `languages`, or `"error"` (a ValueError naming the
+            text's index). `None` (the default) means `default_language` when that is a code, else `"error"`.
+        language_identifier_fitted_on (`str`, *optional*): what the identifier was fitted on (for the card).
         grouped_gemm_backend (`str`): `auto` (Hub kernel where it loads, else torch grouped_mm, else a per-group
             loop), or force one of `hub_kernel`, `grouped_mm`, `loop`.
         grouped_gemm_kernel (`str`, *optional*): Hub repo id of the grouped-GEMM kernel; `None` never loads one.
@@ -236,6 +253,12 @@ class MoLConfig(PretrainedConfig):
         group_layers="dense",
         group_layout=None,
         default_language=None,
+        language_identifier=None,
+        language_identifier_labels=None,
+        language_identifier_ignored_ids=None,
+        language_identifier_threshold=0.5,
+        language_identifier_fallback=None,
+        language_identifier_fitted_on=None,
         grouped_gemm_backend="auto",
         grouped_gemm_kernel="mol-encoders/mol-grouped-gemm",
         grouped_gemm_kernel_version=GROUPED_GEMM_KERNEL_VERSION,
@@ -284,6 +307,12 @@ class MoLConfig(PretrainedConfig):
         )
         self.group_layers = resolve_group_layers(group_layers, num_hidden_layers)
         self.default_language = default_language
+        self.language_identifier = language_identifier
+        self.language_identifier_labels = list(language_identifier_labels or [])
+        self.language_identifier_ignored_ids = list(language_identifier_ignored_ids or [])
+        self.language_identifier_threshold = language_identifier_threshold
+        self.language_identifier_fallback = language_identifier_fallback
+        self.language_identifier_fitted_on = language_identifier_fitted_on
         self.grouped_gemm_backend = grouped_gemm_backend
         self.grouped_gemm_kernel = grouped_gemm_kernel
         self.grouped_gemm_kernel_version = grouped_gemm_kernel_version
@@ -356,8 +385,10 @@ class MoLConfig(PretrainedConfig):
                 f"group_layers={self.group_layers} needs language_groups (group name -> codes) to route sentences; "
                 "use group_layers='dense' for a model without group-specific blocks."
             )
-        if self.default_language is not None and self.default_language not in known:
-            raise ValueError(f"default_language {self.default_language!r} is not in languages {self.languages}.")
+        self._validate_language_identifier(known)
+        if self.default_language not in (None, AUTO_LANGUAGE) and self.default_language not in known:
+            raise ValueError(f"default_language {self.default_language!r} is not in languages {self.languages} "
+                             f"(or {AUTO_LANGUAGE!r}: identify each text's language).")
         if self.grouped_gemm_backend not in GROUPED_GEMM_BACKENDS:
             raise ValueError(
                 f"grouped_gemm_backend {self.grouped_gemm_backend!r} is unknown: use one of {list(GROUPED_GEMM_BACKENDS)}."
@@ -385,6 +416,36 @@ class MoLConfig(PretrainedConfig):
             raise ValueError(
                 f"classifier_pooling {self.classifier_pooling!r} is unknown: use one of {list(CLASSIFIER_POOLINGS)}."
             )
+
+    def _validate_language_identifier(self, known):
+        identifier = self.language_identifier
+        if identifier is not None and identifier not in LANGUAGE_IDENTIFIERS:
+            raise ValueError(f"language_identifier {identifier!r} is unknown: use None or one of {list(LANGUAGE_IDENTIFIERS)}.")
+        labels = self.language_identifier_labels
+        if not all(isinstance(code, str) and code for code in labels) or len(set(labels)) != len(labels):
+            raise ValueError(f"language_identifier_labels must be distinct language codes, got {labels!r}.")
+        if identifier is not None and not labels:
+            raise ValueError("language_identifier needs language_identifier_labels (the codes it predicts).")
+        ignored = self.language_identifier_ignored_ids
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab_size for i in ignored):
+            raise ValueError(f"language_identifier_ignored_ids must be token ids in 0..{self.vocab_size - 1}, got {ignored!r}.")
+        threshold = self.language_identifier_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise ValueError(f"language_identifier_threshold must be a probability in [0, 1], got {threshold!r}.")
+        fallback = self.language_identifier_fallback
+        if fallback not in (None, "error") and fallback not in known:
+            raise ValueError(f"language_identifier_fallback {fallback!r} is not in languages {self.languages}: use one "
+                             "of them, 'error', or None (default_language).")
+        if self.default_language == AUTO_LANGUAGE and identifier is None:
+            raise ValueError("default_language='auto' needs a language identifier, and this model has none: fit one "
+                             "with `python train_mlm.py fit-language-id --model ...`, or name a default language.")
+
+    def identifier_fallback(self):
+        """Where an unidentifiable text goes: a code of `languages`, or "error"."""
+        if self.language_identifier_fallback is not None:
+            return self.language_identifier_fallback
+        default = self.default_language
+        return default if default not in (None, AUTO_LANGUAGE) else "error"
 
     def to_dict(self):
         output = super().to_dict()

@@ -43,9 +43,9 @@ from .mol_grouped_gemm import MoLGroupedGemm
 
 
 try:  # in an exported checkpoint the configuration is a sibling file
-    from .configuration_mol import MOL_AUTO_MAP, MoLConfig
+    from .configuration_mol import AUTO_LANGUAGE, MOL_AUTO_MAP, MoLConfig
 except ImportError:  # in this project it is the `configuration_mol` package beside `modeling_mol`
-    from configuration_mol.configuration_mol import MOL_AUTO_MAP, MoLConfig
+    from configuration_mol.configuration_mol import AUTO_LANGUAGE, MOL_AUTO_MAP, MoLConfig
 
 
 logger = logging.get_logger(__name__)
@@ -607,6 +607,46 @@ class MoLPooler(nn.Module):
         return self.activation(self.dense(hidden_states[:, 0]))
 
 
+class MoLLanguageIdentifier(nn.Module):
+    """The checkpoint's language identifier (`config.language_identifier == "input-embedding-linear"`): a linear
+    model over the mean of a text's input (word) embeddings, special tokens left out. One embedding lookup and one
+    (hidden x labels) product per text, so identifying costs next to nothing beside the encoder. Its weights are
+    buffers (fitted by mol_toolkit's language_identification, never trained by the MLM loss)."""
+
+    def __init__(self, config):
+        super().__init__()
+        labels = config.language_identifier_labels
+        self.register_buffer("weight", torch.zeros(len(labels), config.hidden_size))
+        self.register_buffer("bias", torch.zeros(len(labels)))
+
+    def forward(self, word_embeddings, input_ids, attention_mask, ignored_ids):
+        """(batch, labels) logits."""
+        mean = mean_input_embeddings(word_embeddings, input_ids, attention_mask, ignored_ids)
+        return mean @ self.weight.float().T + self.bias.float()
+
+
+def mean_input_embeddings(word_embeddings, input_ids, attention_mask, ignored_ids):
+    """(batch, hidden) fp32 mean of the word embeddings of each text's real tokens, `ignored_ids` left out: the
+    identifier's features, at fitting and at prediction alike."""
+    keep = attention_mask.bool() & ~torch.isin(input_ids, ignored_ids)
+    embedded = word_embeddings(input_ids).float() * keep.unsqueeze(-1)
+    return embedded.sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
+
+
+@dataclass
+class MoLLanguageIdentification:
+    """What the language identifier found for each text: `codes` (its prediction, possibly a language the model
+    lacks), `confidences` (softmax probability), `lang_ids` and `routed_codes` (the language of config.languages each
+    text is routed by) and `fell_back` (True where the prediction was unknown to the model or under the threshold,
+    so the text went to the fallback language)."""
+
+    codes: list
+    confidences: torch.Tensor
+    lang_ids: torch.Tensor
+    routed_codes: list
+    fell_back: torch.Tensor
+
+
 class MoLPreTrainedModel(PreTrainedModel):
     config_class = MoLConfig
     base_model_prefix = "mol"
@@ -637,11 +677,84 @@ class MoLPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
     # ---- routing -------------------------------------------------------------------------------------------------
-    def set_default_language(self, code):
-        """Language used when a forward pass names none (pipelines pass no language)."""
-        if code is not None:
+    _UNCHANGED = object()
+
+    def set_default_language(self, code, fallback=_UNCHANGED):
+        """Language used when a forward pass names none (pipelines pass no language); `"auto"` identifies each
+        text's language. `fallback` (a code, "error", or None for the default language) is where a text goes whose
+        identified language the model lacks or whose confidence is under the threshold."""
+        if code == AUTO_LANGUAGE:
+            self._check_identifier()
+        elif code is not None:
             self._language_index(code)
+        if fallback is not self._UNCHANGED:
+            if fallback not in (None, "error"):
+                self._language_index(fallback)
+            self.config.language_identifier_fallback = fallback
         self.config.default_language = code
+
+    def _check_identifier(self):
+        if getattr(self.base_model, "language_identifier", None) is None:
+            raise ValueError("Language 'auto' needs a language identifier, and this model has none: fit one with "
+                             "`python train_mlm.py fit-language-id --model ...`, or name each text's language.")
+
+    def add_language_identifier(self, labels, weight, bias, ignored_ids, threshold=0.5, fitted_on=None):
+        """Install a fitted identifier (replacing any): `weight` (labels, hidden) and `bias` (labels,) of a linear
+        model over mean-pooled input embeddings; recorded in the config, saved with the weights."""
+        config = self.config
+        config.language_identifier = "input-embedding-linear"
+        config.language_identifier_labels = list(labels)
+        config.language_identifier_ignored_ids = sorted(int(i) for i in ignored_ids)
+        config.language_identifier_threshold = float(threshold)
+        config.language_identifier_fitted_on = fitted_on
+        config._validate_language_identifier(set(config.languages))
+        base = self.base_model
+        device = base.embeddings.word_embeddings.weight.device
+        base.language_identifier = MoLLanguageIdentifier(config).to(device)
+        base.language_identifier.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        base.language_identifier.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+    @torch.no_grad()
+    def identify_languages(self, input_ids, attention_mask=None):
+        """Each text's language by the checkpoint's identifier: a `MoLLanguageIdentification` (predicted codes,
+        confidences, the language each text is routed by, and which fell back). Raises, naming the texts, when the
+        fallback is "error" and a text is unknown to the model or under the threshold."""
+        self._check_identifier()
+        base, config = self.base_model, self.config
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        device = input_ids.device
+        ignored = torch.tensor(config.language_identifier_ignored_ids, dtype=input_ids.dtype, device=device)
+        logits = base.language_identifier(base.embeddings.word_embeddings, input_ids, attention_mask, ignored)
+        confidences, labels = logits.softmax(-1).max(-1)
+        known = config.languages
+        to_language = torch.tensor([known.index(c) if c in known else -1 for c in config.language_identifier_labels],
+                                   dtype=torch.long, device=device)
+        routed = to_language[labels]
+        fell_back = (routed < 0) | (confidences < config.language_identifier_threshold)
+        fallback = config.identifier_fallback()
+        codes = [config.language_identifier_labels[i] for i in labels.tolist()]
+        if fallback == "error":
+            if bool(fell_back.any()):
+                raise ValueError(self._unidentified_message(codes, confidences, fell_back))
+        else:
+            routed = torch.where(fell_back, torch.full_like(routed, known.index(fallback)), routed)
+        return MoLLanguageIdentification(codes, confidences, routed, [known[i] for i in routed.tolist()], fell_back)
+
+    def _unidentified_message(self, codes, confidences, fell_back):
+        config, problems = self.config, []
+        for index in fell_back.nonzero().flatten().tolist()[:5]:
+            code, confidence = codes[index], float(confidences[index])
+            if code not in config.languages:
+                problems.append(f"text {index} was identified as {code!r} (confidence {confidence:.2f}), which this "
+                                "model does not know")
+            else:
+                problems.append(f"text {index} was identified as {code!r} with confidence {confidence:.2f}, under the "
+                                f"threshold {config.language_identifier_threshold}")
+        more = int(fell_back.sum()) - len(problems)
+        return ("; ".join(problems) + (f"; and {more} more" if more > 0 else "") +
+                f". This model's languages are {config.languages}: name the texts' languages, or set a fallback "
+                "(model.set_default_language('auto', fallback=code)).")
 
     def _language_index(self, code):
         try:
@@ -666,9 +779,19 @@ class MoLPreTrainedModel(PreTrainedModel):
             if isinstance(module, MoLRouter):
                 module.random_generator = generator
 
-    def _sentence_languages(self, languages, lang_ids, batch_size, device):
-        """The language index of every sentence, (batch,), or None for a model that needs none. Indices the caller
-        passed as a tensor are range-checked later, in the forward pass's one host synchronisation."""
+    def _identified(self, input_ids, attention_mask, rows=None):
+        """Identified language indices of the batch (or of `rows` of it)."""
+        if input_ids is None:
+            raise ValueError("Language 'auto' identifies texts from their input_ids; with inputs_embeds, name the "
+                             "languages (`languages=[...]` or `lang_ids=...`).")
+        if rows is not None:
+            input_ids, attention_mask = input_ids[rows], attention_mask[rows]
+        return self.identify_languages(input_ids, attention_mask).lang_ids
+
+    def _sentence_languages(self, languages, lang_ids, batch_size, device, input_ids=None, attention_mask=None):
+        """The language index of every sentence, (batch,), or None for a model that needs none; "auto" (for the
+        batch, for some sentences, or as the default language) identifies them. Indices the caller passed as a
+        tensor are range-checked later, in the forward pass's one host synchronisation."""
         config = self.config
         if languages is not None and lang_ids is not None:
             raise ValueError("Pass either `languages` (codes) or `lang_ids` (indices into config.languages), not both.")
@@ -681,7 +804,12 @@ class MoLPreTrainedModel(PreTrainedModel):
                     f"`languages` has {len(languages)} codes but the batch has {batch_size} sentences: "
                     "give one code per sentence, or a single code for the whole batch."
                 )
-            return torch.tensor([self._language_index(code) for code in languages], dtype=torch.long, device=device)
+            auto = [i for i, code in enumerate(languages) if code == AUTO_LANGUAGE]
+            index = torch.tensor([0 if code == AUTO_LANGUAGE else self._language_index(code) for code in languages],
+                                 dtype=torch.long, device=device)
+            if auto:
+                index[auto] = self._identified(input_ids, attention_mask, auto if len(auto) < batch_size else None)
+            return index
         if lang_ids is not None:
             if isinstance(lang_ids, (list, tuple)) and any(isinstance(i, bool) or not isinstance(i, int) for i in lang_ids):
                 raise ValueError(f"`lang_ids` must hold integer indices into config.languages, got {lang_ids!r}.")
@@ -697,6 +825,8 @@ class MoLPreTrainedModel(PreTrainedModel):
             if not config.languages:
                 raise ValueError("`lang_ids` were given but this model has no languages (config.languages is empty).")
             return lang_ids
+        if config.default_language == AUTO_LANGUAGE:
+            return self._identified(input_ids, attention_mask)
         if config.default_language is not None:
             return torch.full((batch_size,), self._language_index(config.default_language), device=device)
         if self._routes_by_language():
@@ -959,6 +1089,7 @@ class MoLModelOutput(BaseModelOutputWithPooling):
 
     router_logits: tuple | None = None
     aux_loss: torch.FloatTensor | None = None
+    language_ids: torch.LongTensor | None = None  # with languages "auto": the index into config.languages routed by
 
 
 @dataclass
@@ -968,6 +1099,7 @@ class MoLMaskedLMOutput(MaskedLMOutput):
 
     aux_loss: torch.FloatTensor | None = None
     router_logits: tuple | None = None
+    language_ids: torch.LongTensor | None = None  # with languages "auto": the index into config.languages routed by
 
 
 @dataclass
@@ -980,6 +1112,7 @@ class MoLEncoding:
     attentions: tuple | None = None
     router_logits: tuple = ()  # per routed block, (rows, experts) in row order
     aux_loss: torch.Tensor | None = None  # the mean of the routed blocks' load-balancing losses (MoE only)
+    language_ids: torch.Tensor | None = None  # each sentence's routed language, when "auto" identified it
 
     def padded_router_logits(self):
         """transformers' MoE layout: per routed block, (batch * seq_len, experts) in the batch's order, zeros at
@@ -995,6 +1128,7 @@ class MoLModel(MoLPreTrainedModel):
         self.embeddings = MoLEmbeddings(config)
         self.encoder = MoLEncoder(config)
         self.pooler = MoLPooler(config) if add_pooling_layer else None
+        self.language_identifier = MoLLanguageIdentifier(config) if config.language_identifier else None
         self.post_init()
 
     def get_input_embeddings(self):
@@ -1057,7 +1191,9 @@ class MoLModel(MoLPreTrainedModel):
             token_type_ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
         position_ids = position_ids.expand(batch_size, seq_len)
         token_type_ids = token_type_ids.expand(batch_size, seq_len)
-        language_index = self._sentence_languages(languages, lang_ids, batch_size, device)
+        language_index = self._sentence_languages(languages, lang_ids, batch_size, device, input_ids, attention_mask)
+        identified = AUTO_LANGUAGE in ([languages] if isinstance(languages, str) else languages) if languages is not None \
+            else lang_ids is None and self.config.default_language == AUTO_LANGUAGE
         checks = self._range_checks(input_ids, position_ids, token_type_ids, language_index, lang_ids, labels, num_label_classes)
         groups = self._sentence_groups(language_index, batch_size, device)
         language_copies = 1 if self.config.is_moe else self.config.num_groups  # a MoE packs one group and routes
@@ -1083,6 +1219,7 @@ class MoLModel(MoLPreTrainedModel):
             attentions=tuple(batch.unpack_attention(a) for a in all_attentions) if all_attentions is not None else None,
             router_logits=router_logits,
             aux_loss=torch.stack(aux_losses).mean() if aux_losses else None,
+            language_ids=language_index if identified else None,
         )
 
     def _range_checks(self, input_ids, position_ids, token_type_ids, language_index, lang_ids, labels, num_classes):
@@ -1138,6 +1275,7 @@ class MoLModel(MoLPreTrainedModel):
             attentions=encoding.attentions,
             router_logits=self._router_logits(encoding, output_router_logits),
             aux_loss=encoding.aux_loss,
+            language_ids=encoding.language_ids,
         )
         return output if return_dict else output.to_tuple()
 
@@ -1272,7 +1410,8 @@ class MoLForMaskedLM(MoLPreTrainedModel):
             loss = loss + self.config.router_aux_loss_coef * self._aux_weight(labels, num_items_in_batch) * encoding.aux_loss
         output = MoLMaskedLMOutput(loss=loss, logits=logits, hidden_states=encoding.hidden_states,
                                    attentions=encoding.attentions, aux_loss=encoding.aux_loss,
-                                   router_logits=self.mol._router_logits(encoding, output_router_logits))
+                                   router_logits=self.mol._router_logits(encoding, output_router_logits),
+                                   language_ids=encoding.language_ids)
         return output if return_dict else output.to_tuple()
 
     @staticmethod
