@@ -25,6 +25,9 @@ def add_mteb_arguments(parser):
                         "fra_Latn, fra-Latn, fra, fr); each must be one the model knows.")
     parser.add_argument("--default-language", help="Route subsets in languages the model does not know to this "
                         "language (recorded in the results) instead of skipping them.")
+    parser.add_argument("--routing", choices=["subset", "auto"], default="subset",
+                        help="subset (default, the papers' way): every text by its subset's language; auto: every "
+                        "text by the language the model's identifier finds (what identification costs).")
     parser.add_argument("--output-dir", required=True, help="Results folder (created; reruns skip finished work).")
     parser.add_argument("--batch-size", type=int, default=32, help="Texts per forward pass (default 32).")
     parser.add_argument("--max-length", type=int, help="Tokens per text (default: what the position table allows, "
@@ -49,7 +52,7 @@ def run_mteb(args):
     summary = evaluate_models(
         args.model, args.tasks, args.output_dir, languages=args.languages, default_language=args.default_language,
         update_card=args.update_card, show_progress=not args.no_progress, batch_size=args.batch_size,
-        max_length=args.max_length, device=args.device, dtype=args.dtype,
+        max_length=args.max_length, device=args.device, dtype=args.dtype, routing=args.routing,
     )
     for name, model in summary["models"].items():
         average = "n/a" if model["average"] is None else f"{model['average']:.2f}"

@@ -10,6 +10,11 @@ newest checkpoint of --output-dir.
 
 prepare-data reads the config's train_corpus / supplementary_corpus / devtest_corpus (Hub datasets or local files)
 into its train_data / devtest_data files, with its caps, top-up and deduplication (`prepare-data --help`).
+
+    python train_mlm.py fit-language-id --model runs/converted --output-dir runs/converted-lid
+
+fit-language-id gives any MoL bundle (a converted XLM-R included) the language identifier that `languages="auto"`
+uses; train_mlm.py fits it itself on the models it exports.
 """
 
 import argparse
@@ -60,6 +65,47 @@ def prepare_data(argv):
     return 0
 
 
+def parse_fit_language_id_args(argv):
+    from mol_toolkit.language_identification import DEFAULT_SENTENCES
+
+    parser = argparse.ArgumentParser(prog="train_mlm.py fit-language-id",
+                                     description="Fit the language identifier of a MoL bundle (languages='auto'): a "
+                                     "linear model over mean-pooled input embeddings, scored on devtest text.")
+    parser.add_argument("--model", required=True, help="A MoL bundle folder or Hub repo id.")
+    parser.add_argument("--output-dir", required=True, help="Where the bundle with its identifier is written (new).")
+    parser.add_argument("--train-data", help="Text to fit on: a path or a mapping as train_mlm.py's train_data "
+                        "(`{lang}` is the code); default: the shipped UDHR sample, articles 1-24.")
+    parser.add_argument("--devtest-data", help="Text to score on (same form); default: UDHR articles 25-30.")
+    parser.add_argument("--languages", help="The languages it tells apart (comma-separated codes or a preset; "
+                        "default: the model's). Languages the model lacks go to the fallback when predicted.")
+    parser.add_argument("--sentences", type=int, default=DEFAULT_SENTENCES,
+                        help=f"Sentences per language to fit on (default {DEFAULT_SENTENCES}).")
+    parser.add_argument("--threshold", type=float, default=0.5, help="Confidence under which a prediction is not "
+                        "trusted (default 0.5).")
+    parser.add_argument("--fallback", help="Where unidentified texts go: a code of the model's, or 'error' (default: "
+                        "the model's default_language, else an error).")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an earlier --output-dir.")
+    return parser.parse_args(argv)
+
+
+def fit_language_id(argv):
+    from mol_toolkit.evaluation.lid_probe import udhr_sources
+    from mol_toolkit.language_identification import fit_bundle, parse_text_source
+
+    args = parse_fit_language_id_args(argv)
+    try:
+        train = parse_text_source(args.train_data, "--train-data") if args.train_data else udhr_sources("train")
+        devtest = parse_text_source(args.devtest_data, "--devtest-data") if args.devtest_data else udhr_sources("devtest")
+        result = fit_bundle(args.model, args.output_dir, train, devtest, args.languages, args.sentences,
+                            args.threshold, args.fallback, args.overwrite)
+    except ValueError as error:
+        print(f"train_mlm.py fit-language-id: error: {error}", file=sys.stderr)
+        return 2
+    print(f"language identifier of {args.model}: devtest accuracy {result['accuracy']:.3f} over "
+          f"{result['sentences']} texts; bundle written to {args.output_dir}")
+    return 0
+
+
 def print_dry_run(plan):
     if plan["routing"] == "language":
         routing = (f"{len(plan['languages'])} languages in {max(1, len(plan['language_groups']))} group(s); "
@@ -83,6 +129,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["prepare-data"]:
         return prepare_data(argv[1:])
+    if argv[:1] == ["fit-language-id"]:
+        return fit_language_id(argv[1:])
     config_path, dry, overrides = parse_args(argv)
     try:
         config = load_run_config(config_path, overrides)

@@ -7,6 +7,12 @@ text, which MoL routes by:
     model.encode([{"text": "Bonjour", "language": "fra_Latn"}, {"text": "Hello", "language": "eng_Latn"}])
     model.encode(["Bonjour", "Salut"], languages="fra_Latn")   # one code for every text
     model.encode(["Bonjour"])                                  # the model's default_language
+    model.encode(["Bonjour", "Hello"], languages="auto")       # each text's language identified, then routed
+    model.encode([{"text": "Bonjour", "language": "auto"}])    # the same, text by text
+
+With "auto" (given, or as the model's default_language) the checkpoint's language identifier picks each text's
+language; `model.encode(texts, output_value=None)` returns each text's `lang_ids` (index into config.languages)
+beside its embedding, for inspection.
 
 sentence-transformers sorts the texts by length before batching and passes `encode`'s keyword arguments unchanged to
 every batch, so a separate per-text list of codes cannot stay aligned with its texts: a list that names more than
@@ -18,6 +24,8 @@ imports it.
 
 import torch
 
+
+AUTO = "auto"  # configuration_mol's AUTO_LANGUAGE; this file imports no sibling (only sentence-transformers loads it)
 
 try:
     from sentence_transformers.base.modules import Transformer
@@ -56,18 +64,28 @@ def texts_and_languages(inputs, languages=None):
 class MoLSentenceTransformer(Transformer):
     """sentence-transformers' Transformer module, with each text's language turned into MoL's `lang_ids`."""
 
-    def language_ids(self, codes):
+    def language_ids(self, codes, features=None):
+        """Indices into config.languages of `codes`; "auto" ones identified from the tokenized `features`."""
         known = list(self.model.config.languages)
         for code in codes:
-            if code not in known:
-                raise ValueError(f"Unknown language {code!r}: this MoL model knows {known}.")
-        return torch.tensor([known.index(code) for code in codes], dtype=torch.long)
+            if code not in known and code != AUTO:
+                raise ValueError(f"Unknown language {code!r}: this MoL model knows {known} (or {AUTO!r}).")
+        ids = torch.tensor([known.index(code) if code != AUTO else -1 for code in codes], dtype=torch.long)
+        auto = [i for i, code in enumerate(codes) if code == AUTO]
+        if auto:
+            device = self.model.get_input_embeddings().weight.device
+            found = self.model.identify_languages(features["input_ids"][auto].to(device),
+                                                  features["attention_mask"][auto].to(device))
+            ids[auto] = found.lang_ids.cpu()
+        return ids
 
     def preprocess(self, inputs, prompt=None, languages=None, **kwargs):
         texts, codes = texts_and_languages(inputs, languages)
         features = super().preprocess(texts, prompt=prompt, **kwargs)
+        if codes is None and getattr(self.model.config, "default_language", None) == AUTO:
+            codes = [AUTO] * len(texts)  # identified here, so that the features show what each text was routed by
         if codes is not None and texts:
-            features["lang_ids"] = self.language_ids(codes)
+            features["lang_ids"] = self.language_ids(codes, features)
         return features
 
     def forward(self, features, languages=None, **kwargs):

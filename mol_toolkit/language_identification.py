@@ -99,14 +99,114 @@ def identify(model, input_ids, attention_mask):
         model.config.language_identifier_fallback = saved
 
 
-def sample_sentences(sequences, count, seed):
-    """`count` of a language's sentences (all when fewer), drawn without replacement with `seed`: the same sample
-    for the same data whatever process asks."""
-    indices = list(range(len(sequences)))
-    if len(indices) > count:
-        indices = sorted(random.Random(seed).sample(indices, count))
-    return [list(sequences[i]) for i in indices]
+def sample_indices(size, count, seed):
+    """`count` of `size` sentence indices (all when fewer), drawn without replacement with `seed`, sorted: the same
+    sample for the same data whatever process asks."""
+    if size <= count:
+        return list(range(size))
+    return sorted(random.Random(seed).sample(range(size), count))
 
 
 def special_token_ids(tokenizer):
     return sorted(set(tokenizer.all_special_ids))
+
+
+# ---- `train_mlm.py fit-language-id`: an identifier for any MoL bundle (a converted XLM-R included) ---------------
+
+HEAD_CLASSES = {  # architecture -> the transformers auto class that loads it with its head
+    "MoLModel": "AutoModel", "MoLForMaskedLM": "AutoModelForMaskedLM",
+    "MoLForSequenceClassification": "AutoModelForSequenceClassification",
+    "MoLForTokenClassification": "AutoModelForTokenClassification",
+    "MoLForQuestionAnswering": "AutoModelForQuestionAnswering", "MoLForMultipleChoice": "AutoModelForMultipleChoice",
+}
+
+
+def parse_text_source(given, flag):
+    """A path, or a YAML mapping as train_mlm.py's data sources."""
+    import yaml
+
+    try:
+        return yaml.safe_load(given)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{flag} {given!r} is not a path or a YAML mapping: {error}") from None
+
+
+def check_fit_options(sentences, threshold, fallback):
+    if isinstance(sentences, bool) or not isinstance(sentences, int) or sentences < 1:
+        raise ValueError(f"--sentences must be a positive integer (sentences per language), got {sentences!r}.")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise ValueError(f"--threshold must be a probability in [0, 1], got {threshold!r}.")
+    if fallback is not None and not isinstance(fallback, str):
+        raise ValueError(f"--fallback must be a language code or 'error', got {fallback!r}.")
+
+
+def local_bundle(source):
+    """A local folder holding the bundle `source` (a folder, or a Hub repo id downloaded once)."""
+    from pathlib import Path
+
+    if Path(source).expanduser().is_dir():
+        return Path(source).expanduser()
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source))
+    except Exception as error:  # not a folder, and the Hub has no such repo (or cannot be reached)
+        raise ValueError(f"--model {source!r} is neither a folder nor a Hub model repo that can be downloaded "
+                         f"({type(error).__name__}: {error}).") from None
+
+
+def fit_bundle(source, output_dir, train_spec, devtest_spec, languages=None, sentences=DEFAULT_SENTENCES,
+               threshold=0.5, fallback=None, overwrite=False):
+    """Fit and install the identifier of the bundle `source`, write the bundle with it to `output_dir`, and return
+    its scores (devtest accuracy overall and per language). Every input is checked before anything is read."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import transformers
+
+    from mol_toolkit.evaluation.lid_probe import read_probe_texts
+    from mol_toolkit.languages import resolve_languages
+    from mol_toolkit.training.metrics import atomic_write_text
+
+    check_fit_options(sentences, threshold, fallback)
+    output_dir = Path(output_dir).expanduser()
+    folder = local_bundle(source)
+    if output_dir.resolve() == folder.resolve():
+        raise ValueError(f"--output-dir {str(output_dir)!r} is the model's own folder: write the bundle with its "
+                         "identifier to a new folder.")
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise ValueError(f"--output-dir {str(output_dir)!r} is not empty: choose a new folder, or pass --overwrite.")
+    config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    if getattr(config, "model_type", None) != "mol":
+        raise ValueError(f"--model {source!r} is a {getattr(config, 'model_type', None)!r} model, not a MoL bundle.")
+    codes = resolve_languages(languages) if languages else list(config.languages)
+    if fallback not in (None, "error") and fallback not in config.languages:
+        raise ValueError(f"--fallback {fallback!r} is not one of the model's languages {config.languages} (or 'error').")
+    architecture = (config.architectures or ["MoLModel"])[0]
+    auto_class = getattr(transformers, HEAD_CLASSES.get(architecture, "AutoModel"))
+    train_texts = read_probe_texts(train_spec, codes, "train_data", sentences)
+    devtest_texts = read_probe_texts(devtest_spec, codes, "devtest_data")
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    model = auto_class.from_pretrained(folder, trust_remote_code=True).eval()
+    limit = min(512, config.max_position_embeddings - config.pad_token_id - 1)
+
+    def tokenized(texts):
+        return {code: tokenizer(list(items), truncation=True, max_length=limit)["input_ids"]
+                for code, items in texts.items()}
+
+    described = train_spec if isinstance(train_spec, str) else json.dumps(train_spec)
+    fitted_on = f"`{described}` ({sentences} sentences per language at most)"
+    fit_language_identifier(model, tokenized(train_texts), special_token_ids(tokenizer), threshold, fitted_on)
+    model.config.language_identifier_fallback = fallback
+    scores = score_language_identifier(model, tokenized(devtest_texts))
+
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    shutil.copytree(folder, output_dir, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", ".git*", "__pycache__"))
+    model.save_pretrained(output_dir)
+    result = {"source": str(source), "languages": codes, "fitted_on": fitted_on, "threshold": threshold,
+              "fallback": fallback, **scores}
+    atomic_write_text(output_dir / "language_identifier.json", json.dumps(result, indent=2))
+    return result

@@ -16,7 +16,13 @@ from mol_toolkit import languages as language_table
 from mol_toolkit import mlm_data
 from mol_toolkit.expert_load import ExpertLoad
 from mol_toolkit.training.checkpointing import CheckpointManager
-from mol_toolkit.training.export import check_hub_access, export_bundle, full_state_dict, render_model_card
+from mol_toolkit.training.export import (
+    check_hub_access,
+    export_bundle,
+    full_state_dict,
+    plain_model,
+    render_model_card,
+)
 from mol_toolkit.training.metrics import MetricsLog, atomic_write_text
 from mol_toolkit.training.parallelism import ProcessContext, build_model, choose_threads, resolve_strategy
 from mol_toolkit.training.run_folder import RunFolder, check_writable_folder
@@ -240,6 +246,7 @@ class MLMTrainer:
         self.device = context.device
         self.strategy = resolve_strategy(config.strategy, context)
         self.accumulation = accumulation_steps(config, context.world_size)
+        self.show_progress = show_progress
         self.threads, why = choose_threads(config.threads, context)
         torch.set_num_threads(self.threads)
         if self.is_main and show_progress:
@@ -494,7 +501,10 @@ class MLMTrainer:
                   "compute_s": self.compute_seconds, "resumed_from_step": start,
                   "gradient_accumulation_steps": self.accumulation, "epochs": self.epochs}
         if config.export or config.push_to_hub:
-            result["export_dir"] = str(self.export(model, devtest))
+            export_dir, language_id = self.export(model, devtest)
+            result["export_dir"] = str(export_dir)
+            if language_id is not None:
+                result["language_identifier"] = {k: language_id[k] for k in ("accuracy", "sentences", "per_language")}
         self._write_json("results.json", result)
         return result
 
@@ -529,14 +539,38 @@ class MLMTrainer:
     # -- outputs
 
     def export(self, model, devtest):
-        """The flat remote-code bundle with tokenizer and model card in output_dir/model (pushed when asked)."""
+        """The flat remote-code bundle with tokenizer and model card in output_dir/model (pushed when asked), with
+        its language identifier fitted; returns (folder, the identifier's scores or None)."""
         state = full_state_dict(model, sharded=self.strategy in ("fsdp", "hsdp"))
-        target = self.output_dir / "model"
+        target, scores = self.output_dir / "model", None
         if self.is_main:
-            card = render_model_card(self.config, self.model_config, devtest, self.data.sizes())
-            export_bundle(state, self.model_config, self.tokenizer, target, card, self.config.push_to_hub)
+            plain = plain_model(state, self.model_config)
+            scores = self.fit_language_identifier(plain)
+            card = render_model_card(self.config, plain.config, devtest, self.data.sizes(), scores)
+            export_bundle(plain, self.tokenizer, target, card, self.config.push_to_hub)
         self.context.barrier()
-        return target
+        return target, scores
+
+    def fit_language_identifier(self, plain):
+        """The exported model's identifier, fitted on a seeded sample of the sentences this run tokenized (no
+        further pass over the data) and scored on the devtest sentences; None when off or for one language."""
+        from mol_toolkit import language_identification as lid
+
+        config = self.config
+        if not config.language_identifier or len(self.codes) < 2:
+            return None
+        count = config.language_identifier_sentences
+        train = {}
+        for i, code in enumerate(self.codes):
+            rows = self.data.train[i]  # an Arrow dataset: only the sampled rows are read
+            train[code] = rows[lid.sample_indices(len(rows), count, config.seed + i)]["input_ids"]
+        fitted_on = f"{count} training sentences per language (at most) of this run's training data"
+        lid.fit_language_identifier(plain, train, lid.special_token_ids(self.tokenizer), fitted_on=fitted_on)
+        scores = lid.score_language_identifier(plain, dict(zip(self.codes, self.data.devtest)))
+        if self.show_progress:
+            print(f"language identifier: devtest accuracy {scores['accuracy']:.3f} over {scores['sentences']} "
+                  "sentences.")
+        return {**scores, "fitted_on": fitted_on}
 
 
 def masked_lm_loss(output, labels):

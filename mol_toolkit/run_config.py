@@ -129,6 +129,10 @@ class RunConfig:
     threads: object = _key(None, "torch intra-op threads per process (null: accelerate's choice under accelerate "
                            "launch, else the cores divided by the local processes).", "run")
     export: bool = _key(True, "Export the remote-code bundle with tokenizer and card at the end.", "run")
+    language_identifier: bool = _key(True, "Fit the exported model's language identifier (languages='auto') on a "
+                                     "sample of the tokenized training sentences, scored on devtest.", "run")
+    language_identifier_sentences: int = _key(200, "Training sentences per language the identifier is fitted on.",
+                                              "run")
     push_to_hub: object = _key(None, "Upload the exported bundle to this Hub model repo.", "run")
     license: str = _key("apache-2.0", "Licence of the exported weights, as the Hub's `license` metadata (the model "
                         "code is always the project's Apache-2.0).", "run")
@@ -329,6 +333,8 @@ CHECKS = {
     "overwrite": boolean,
     "threads": integer(1, optional=True),
     "export": boolean,
+    "language_identifier": boolean,
+    "language_identifier_sentences": integer(1),
     "push_to_hub": hub_repo,
     "license": text(),
     "run_name": text(optional=True),

@@ -208,6 +208,12 @@ def test_loss_decreases_and_the_model_is_exported(tmp_path, cache_dir):
     assert exported["sparse_prediction"] is False
     tokenizer_config = json.loads((export / "tokenizer_config.json").read_text())
     assert tokenizer_config["model_max_length"] == exported["max_position_embeddings"] - exported["pad_token_id"] - 1
+    # The language identifier (languages="auto"), fitted on the run's own training sentences, scored on devtest.
+    assert exported["language_identifier"] == "input-embedding-linear"
+    assert sorted(exported["language_identifier_labels"]) == sorted(TINY_LANGUAGES)
+    assert "training sentences per language" in exported["language_identifier_fitted_on"]
+    assert result["language_identifier"]["accuracy"] >= 0.9, result["language_identifier"]
+    assert "## Language identifier" in card and "Devtest accuracy" in card
 
 
 def test_bf16_autocast_run_of_a_grouped_model_in_one_process(tmp_path, cache_dir):

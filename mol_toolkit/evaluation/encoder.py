@@ -66,10 +66,13 @@ class SentenceEncoder:
         show_progress_bar: a progress bar over the batches of each `encode` call.
         random_routing_seed: a MoE baseline only: route to uniformly random experts drawn from this seed instead of
             the learned router (the paper's Appendix A comparison); None (the default) keeps the learned routing.
+        identifier_fallback: with `languages="auto"`, where texts go that the model's language identifier cannot
+            place (a code of the model's, or "error"); None keeps the checkpoint's setting.
     """
 
     def __init__(self, model_name_or_path, *, device=None, dtype="auto", batch_size=32, max_length=None,
-                 revision=None, show_progress_bar=True, trust_remote_code=True, random_routing_seed=None):
+                 revision=None, show_progress_bar=True, trust_remote_code=True, random_routing_seed=None,
+                 identifier_fallback=None):
         from transformers import AutoConfig
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -94,6 +97,12 @@ class SentenceEncoder:
                 raise ValueError(f"random_routing_seed must be an integer, got {random_routing_seed!r}.")
         self.random_routing_seed = random_routing_seed
         self.languages = list(getattr(self.config, "languages", None) or []) if self.routes else None
+        self.identifies = self.routes and getattr(self.config, "language_identifier", None) is not None
+        if identifier_fallback not in (None, "error") and identifier_fallback not in (self.languages or []):
+            raise ValueError(f"identifier_fallback {identifier_fallback!r} is not one of {model_name_or_path!r}'s "
+                             f"languages {self.languages} (or 'error').")
+        self.identifier_fallback = identifier_fallback
+        self.last_identified = None  # with languages="auto": the language each text of the last call was routed by
         limit = position_limit(self.config)
         self.max_length_limit = min(limit, 512) if limit else 512
         if max_length is None:
@@ -132,6 +141,8 @@ class SentenceEncoder:
             self._model = model.to(self.device).eval()
             if self.random_routing_seed is not None:
                 self._model.set_random_routing(self.random_routing_seed)
+            if self.identifier_fallback is not None:
+                self._model.config.language_identifier_fallback = self.identifier_fallback
         return self._model
 
     @property
@@ -148,9 +159,22 @@ class SentenceEncoder:
             raise ValueError(f"Language {code!r} is not one of this model's languages {self.languages}.")
         return self.languages.index(resolved)
 
+    def identify(self, encoded):
+        """Indices into config.languages of tokenized texts, by the checkpoint's language identifier."""
+        if not self.identifies:
+            raise ValueError(f"languages='auto' needs a language identifier, and {self.name!r} has none: fit one with "
+                             "`python train_mlm.py fit-language-id --model ...`.")
+        from mol_toolkit.language_identification import padded_batches
+
+        found = []
+        for input_ids, mask in padded_batches(encoded, self.tokenizer.pad_token_id, self.batch_size * 8):
+            found += self.model.identify_languages(input_ids.to(self.device), mask.to(self.device)).lang_ids.tolist()
+        self.last_identified = [self.languages[i] for i in found]
+        return found
+
     def _lang_ids(self, languages, count):
-        if not self.routes:
-            return None
+        if not self.routes or languages == "auto":
+            return None  # "auto": identified after tokenization
         if languages is None:
             default = getattr(self.config, "default_language", None)
             if default is None:
@@ -201,6 +225,8 @@ class SentenceEncoder:
         if not texts:
             return output
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        if self.routes and languages == "auto":
+            lang_ids = self.identify(encoded)
         pad = self.tokenizer.pad_token_id
         for batch in tqdm(self.batches([len(ids) for ids in encoded], lang_ids), desc=f"Encoding {len(texts)} texts",
                           disable=not self.show_progress_bar, leave=False):

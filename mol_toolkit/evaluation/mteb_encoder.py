@@ -19,6 +19,9 @@ from pathlib import Path
 from .encoder import SentenceEncoder
 
 
+ROUTINGS = ("subset", "auto")
+
+
 class SubsetSkipped(ValueError):
     """A subset whose language the model does not know (and no default language was asked for)."""
 
@@ -40,20 +43,41 @@ class MoLMTEBEncoder:
         model_name: a MoL bundle, a Hub repo id or any transformers encoder.
         revision: its Hub revision.
         default_language: route subsets in languages the model does not know to this language (recorded), instead of
-            refusing them. None (the default) refuses them: `plan` lists them as skipped with the reason.
+            refusing them. None (the default) refuses them: `plan` lists them as skipped with the reason. With
+            routing "auto", it is also where texts go that the identifier cannot place.
+        routing: "subset" (the papers' way: every text by its subset's language) or "auto" (every text by the
+            language the model's identifier finds, to measure what identification costs; the same subsets are
+            evaluated, so the two are comparable).
         **options: `SentenceEncoder`'s (device, dtype, batch_size, max_length, show_progress_bar).
     """
 
-    def __init__(self, model_name, revision=None, *, device=None, default_language=None, **options):
+    def __init__(self, model_name, revision=None, *, device=None, default_language=None, routing="subset", **options):
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing {routing!r} is unknown: use one of {list(ROUTINGS)}.")
         self.encoder = SentenceEncoder(model_name, revision=revision, device=device, **options)
         self.default_language = None
         if default_language is not None:
             if not self.encoder.routes:
                 raise ValueError(f"default_language={default_language!r}: {model_name!r} does not route by language.")
             self.default_language = self.encoder.languages[self.encoder.language_index(default_language)]
+        self.routing = routing if self.encoder.routes else "subset"  # an encoder without routing has nothing to find
+        if self.routing == "auto":
+            self._check_auto_routing(model_name)
         self.mteb_model_meta = model_meta(self.encoder)
         self.routing_log = []
         self._calls = Counter()
+
+    def _check_auto_routing(self, model_name):
+        if not self.encoder.identifies:
+            raise ValueError(f"--routing auto: {model_name!r} has no language identifier; fit one with "
+                             "`python train_mlm.py fit-language-id --model ...`.")
+        config = self.encoder.config
+        fallback = self.default_language or config.language_identifier_fallback or (
+            config.default_language if config.default_language not in (None, "auto") else None)
+        if fallback in (None, "error"):
+            raise ValueError(f"--routing auto: texts the identifier of {model_name!r} cannot place need a language to "
+                             "go to: pass --default-language CODE (one of its languages).")
+        self.encoder.identifier_fallback = fallback
 
     # -- routing ------------------------------------------------------------------------------------------------
     def route_subset(self, task_metadata, hf_subset):
@@ -91,11 +115,19 @@ class MoLMTEBEncoder:
         side = self._calls[key] % len(routes) if len(set(routes)) > 1 else 0
         self._calls[key] += 1
         code = subset_languages(task_metadata, hf_subset)[side]
-        self.routing_log.append({
+        entry = {
             "task": task_metadata.name, "split": hf_split, "subset": hf_subset, "call": self._calls[key],
             "side": side, "subset_language": code, "routed_to": routes[side], "texts": len(texts),
             "default_language_used": self.encoder.routes and not self._knows(code),
-        })
+        }
+        if self.routing == "auto":
+            embeddings = self.encoder.encode(texts, "auto")
+            found = Counter(self.encoder.last_identified or [])
+            entry.update(routed_to="auto", identified=dict(found),
+                         identified_as_subset_language=found.get(routes[side], 0) / len(texts) if texts else None)
+            self.routing_log.append(entry)
+            return embeddings
+        self.routing_log.append(entry)
         return self.encoder.encode(texts, routes[side])
 
     def _knows(self, code):

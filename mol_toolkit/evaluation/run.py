@@ -70,6 +70,7 @@ def model_settings(encoder, languages, plans):
         "max_length": encoder.encoder.max_length,
         "dtype": str(encoder.encoder.dtype).removeprefix("torch."),
         "default_language": encoder.default_language,
+        "routing": encoder.routing,
         "expert_routing": None if encoder.encoder.random_routing_seed is None else
         f"random (seed {encoder.encoder.random_routing_seed})",
         "languages": languages,

@@ -21,13 +21,19 @@ def full_state_dict(model, sharded):
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def export_bundle(state, model_config, tokenizer, target, card_text, push_to_hub=None):
-    """Write the bundle into `target` (replacing an older export) and push it when asked; main process only."""
+def plain_model(state, model_config):
+    """The trained MoLForMaskedLM, unsharded on the CPU, as users get it."""
     from modeling_mol import MoLForMaskedLM
 
     plain = MoLForMaskedLM(copy.deepcopy(model_config))
     plain.load_state_dict(state)
     plain.config.sparse_prediction = False  # users get transformers-shaped logits
+    return plain.eval()
+
+
+def export_bundle(plain, tokenizer, target, card_text, push_to_hub=None):
+    """Write the bundle of `plain` into `target` (replacing an older export) and push it when asked; main process
+    only."""
     target = Path(target)
     shutil.rmtree(target, ignore_errors=True)
     plain.save_pretrained(target, tokenizer=tokenizer)
@@ -64,7 +70,7 @@ def check_hub_access(repo_id):
                          f"namespace {namespace!r} (its namespaces: {sorted(n for n in allowed if n)}).")
 
 
-def render_model_card(config, mol_config, devtest, train_sizes):
+def render_model_card(config, mol_config, devtest, train_sizes, language_id=None):
     """The bundle's README.md: huggingface_hub's ModelCard from model_cards/model_card.md, with the metadata the Hub
     reads (license, languages, library, pipeline, tags, datasets) and the UDHR attribution when trained on it."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -100,5 +106,6 @@ def render_model_card(config, mol_config, devtest, train_sizes):
         "udhr_notice": udhr, "license": config.license, "routing": mol_config.routing,
         "num_experts": mol_config.num_experts, "router_noise_std": mol_config.router_noise_std,
         "router_aux_loss_coef": mol_config.router_aux_loss_coef,
+        "language_id": language_id, "language_identifier_threshold": mol_config.language_identifier_threshold,
     }
     return str(ModelCard.from_template(card_data, template_path=str(MODEL_CARD), **values))
