@@ -387,3 +387,52 @@ def test_evaluate_mol_command_on_the_tiny_udhr_model(tmp_path, hub):
     bad = subprocess.run(command + ["--max-length", "40"], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "under other settings" in bad.stderr, bad.stderr[-2000:]
+
+
+# -- routing by language identification (--routing auto) -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def identifying_bundle(bundle, tiny_tokenizer_dir, tmp_path_factory):
+    """The bundle with a language identifier fitted on the UDHR sample's six languages."""
+    from mol_toolkit import language_identification as lid
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    model = MoLForMaskedLM.from_pretrained(bundle).eval()
+    articles = udhr_articles()
+    lid.fit_language_identifier(model, {code: tokenizer(articles[code][:24])["input_ids"] for code in LANGUAGES},
+                                lid.special_token_ids(tokenizer))
+    folder = tmp_path_factory.mktemp("identifying") / "model"
+    model.save_pretrained(folder, tokenizer=tokenizer)
+    return folder
+
+
+def test_routing_auto_identifies_every_text_and_records_what_it_found(identifying_bundle, tmp_path):
+    summary = evaluate_models([str(identifying_bundle)], [UDHRClassification()], tmp_path, routing="auto",
+                              default_language="eng_Latn", show_progress=False, log=lambda _: None)
+    [model] = summary["models"].values()
+    assert {row["subset"] for row in model["scores"]} == {"en", "fr", "de", "ja"}  # the same subsets as by subset
+    calls = json.loads(next((tmp_path / "routing").rglob("*.json")).read_text())
+    assert all(call["routed_to"] == "auto" and sum(call["identified"].values()) == call["texts"] for call in calls)
+    french = [call for call in calls if call["subset"] == "fr"]
+    assert french and all(call["identified_as_subset_language"] >= 0.8 for call in french), french
+    settings = json.loads((tmp_path / "evaluation.json").read_text())["models"]
+    assert [s["routing"] for s in settings.values()] == ["auto"]
+    # The same folder refuses the other routing: results of the two are never mixed.
+    with pytest.raises(ValueError, match="routing"):
+        evaluate_models([str(identifying_bundle)], [UDHRClassification()], tmp_path, default_language="eng_Latn",
+                        show_progress=False, log=lambda _: None)
+
+
+def test_routing_auto_needs_an_identifier_and_a_fallback(bundle, identifying_bundle, tmp_path):
+    with pytest.raises(ValueError, match="--routing auto: .* has no language identifier"):
+        evaluate_models([str(bundle)], [UDHRClassification()], tmp_path / "a", routing="auto", show_progress=False)
+    with pytest.raises(ValueError, match="need a language to go to: pass --default-language"):
+        evaluate_models([str(identifying_bundle)], [UDHRClassification()], tmp_path / "b", routing="auto",
+                        show_progress=False)
+    with pytest.raises(ValueError, match="routing 'lid' is unknown"):
+        mteb_encoder(str(identifying_bundle), routing="lid")
+    encoder = SentenceEncoder(str(identifying_bundle), show_progress_bar=False)
+    texts = [udhr_articles()[code][25] for code in ("fra_Latn", "rus_Cyrl", "deu_Latn")]
+    np.testing.assert_allclose(encoder.encode(texts, "auto"), encoder.encode(texts, ["fra_Latn", "rus_Cyrl", "deu_Latn"]),
+                               atol=1e-6)
+    assert encoder.last_identified == ["fra_Latn", "rus_Cyrl", "deu_Latn"]
