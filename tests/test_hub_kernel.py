@@ -143,7 +143,7 @@ def test_variant_metadata_is_what_kernels_reads(built_repo, backend):
     assert (variant / "triton_grouped_gemm.py").exists() == (backend == "cuda")
     # The digest is the one kernels computes over the variant's files (kernels.verify checks exactly this).
     assert parsed.digest.algorithm == DigestAlgorithm.SHA256
-    assert set(parsed.digest.files) == {p.name for p in variant.glob("*.py")}
+    assert set(parsed.digest.files) == {p.name for p in variant.iterdir() if p.is_file() and p.name != "metadata.json"}
     parsed.digest.validate(Digest.hash_variant(DigestAlgorithm.SHA256, variant))
     # The committed-build form of the provenance: the builder, no git state.
     assert parsed.provenance.kernel_builder.version and parsed.provenance.kernel is None and not parsed.provenance.dirty
@@ -263,7 +263,8 @@ def compile_for_hopper(kernel, dtype, constants, num_warps, num_stages, unit_str
         if name in constants or kernel.params[index].is_constexpr:
             signature[name] = "constexpr"
             continue
-        signature[name] = ("*i32" if name in ("offsets_ptr", "order_ptr") else f"*{dtype}") if name.endswith("_ptr") else "i32"
+        integer = name in ("offsets_ptr", "order_ptr", "table_ptr")
+        signature[name] = ("*i32" if integer else f"*{dtype}") if name.endswith("_ptr") else "i32"
         if name not in odd:
             attrs[(index,)] = [["tt.divisibility", 16]]
     target = GPUTarget("cuda", 90, 32)
@@ -302,6 +303,35 @@ def test_cuda_kernels_compile_for_hopper_with_tensor_cores_and_pipelining(built_
         assert ("wgmma" in ptx) == (dtype == "bf16"), name
 
 
+@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests compile and run the kernels there")
+def test_hopper_kernels_compile_for_sm90_with_tma_and_wgmma(built_repo):
+    """The persistent Hopper kernels build for an H100 ahead of time on this CPU machine: their loads are TMA tensor
+    copies (cp.async.bulk.tensor) and their products wgmma, in bf16 at the shipped default tile configuration."""
+    if can_interpret_triton():
+        pytest.skip("this process interprets Triton")
+    from kernels import get_local_kernel
+
+    module = get_local_kernel(built_repo / "build" / "torch-cuda").hopper_grouped_gemm
+    m, n, k, warps, stages, split = module.DEFAULT_CONFIGS[0]
+    precision = {"PRECISION": "tf32", "UPCAST": False}
+    launches = {
+        "forward with GELU": (module._persistent_matmul_kernel, dict(
+            BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, EPILOGUE_SPLIT=split, NUM_PROGRAMS=132, B_TRANSPOSED=False,
+            HAS_BIAS=True, GELU=True, **precision)),
+        "dx (W^T descriptor)": (module._persistent_matmul_kernel, dict(
+            BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, EPILOGUE_SPLIT=split, NUM_PROGRAMS=132, B_TRANSPOSED=True,
+            HAS_BIAS=False, GELU=False, **precision)),
+        "dW and db, split rows": (module._weight_grad_kernel, dict(BLOCK_K=128, BLOCK_N=128, BLOCK_R=64,
+                                                                   HAS_DBIAS=True, **precision)),
+    }
+    for name, (kernel, constants) in launches.items():
+        ptx = compile_for_hopper(kernel, "bf16", constants, warps, stages, (), odd=("num_rows", "num_groups",
+                                                                                     "table_rows", "splits"))
+        assert "cp.async.bulk.tensor" in ptx, name  # TMA loads
+        assert "wgmma" in ptx, name
+
+
 # ---- the model on the kernel path ----------------------------------------------------------------------------------
 def model_outputs_and_grads(**config_overrides):
     torch.manual_seed(0)
@@ -315,13 +345,18 @@ def model_outputs_and_grads(**config_overrides):
 
 
 @pytest.mark.parametrize(
-    "variant, folder",
-    [("torch-cpu", ""), ("torch-cuda", "build/torch-cuda")],
-    ids=["reference-variant", "triton-variant"],
+    "variant, folder, path",
+    [("torch-cpu", "", None), ("torch-cuda", "build/torch-cuda", "portable"), ("torch-cuda", "build/torch-cuda", "hopper")],
+    ids=["reference-variant", "triton-variant", "triton-hopper-variant"],
 )
-def test_model_on_the_kernel_matches_the_torch_path(request, caplog, built_repo, variant, folder):
+def test_model_on_the_kernel_matches_the_torch_path(request, caplog, built_repo, variant, folder, path):
+    launches_before = None
     if variant == "torch-cuda":
-        request.getfixturevalue("triton_kernel")  # import the Triton variant interpreted, before the model does
+        kernel = request.getfixturevalue("triton_kernel")  # interpreted, imported before the model loads it
+        gemm, launches = kernel.triton_grouped_gemm, kernel.hopper_grouped_gemm.LAUNCHES
+        saved, gemm.PATH = gemm.PATH, path
+        request.addfinalizer(lambda: setattr(gemm, "PATH", saved))
+        launches_before = dict(launches)
     repo_id = f"{LOCAL_REPO_ID}-{variant}"
     loss, logits, grads, _ = model_outputs_and_grads(grouped_gemm_backend="loop")
     mol_grouped_gemm._LOGGED_PATHS.clear()
@@ -335,6 +370,9 @@ def test_model_on_the_kernel_matches_the_torch_path(request, caplog, built_repo,
     assert kernel_grads.keys() == grads.keys() and len(grads) > 10
     for name in grads:
         torch.testing.assert_close(kernel_grads[name], grads[name], atol=1e-6, rtol=1e-4, msg=name)
+    if launches_before is not None:  # the path asked for is the one that ran
+        ran = {kind: launches[kind] - launches_before.get(kind, 0) for kind in ("forward", "dx", "weight_grad")}
+        assert all(count > 0 for count in ran.values()) == (path == "hopper"), ran
 
 
 def test_the_ffn_gelu_runs_in_the_kernels_epilogue(built_repo):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import LANGUAGE_GROUPS, LANGUAGES, PROJECT, tiny_config_kwargs
+from conftest import LANGUAGE_GROUPS, PROJECT, tiny_config_kwargs
 
 from configuration_mol import MoLConfig
 from configuration_mol.configuration_mol import resolve_group_layers

@@ -225,6 +225,76 @@ def test_bad_operands_are_named(cpu_kernel):
         cpu_kernel.grouped_linear(x, weight.double(), b, offsets)
 
 
+# ---- the Hopper path (persistent TMA/wgmma kernels) --------------------------------------------------------------
+@pytest.fixture
+def hopper_kernel(triton_kernel):
+    """The torch-cuda variant with its Hopper kernels chosen wherever they can run (the interpreter included)."""
+    gemm = triton_kernel.triton_grouped_gemm
+    saved, gemm.PATH = gemm.PATH, "hopper"
+    try:
+        yield triton_kernel
+    finally:
+        gemm.PATH = saved
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_triton_hopper_kernels_match_fp64_reference(hopper_kernel, case, dtype, activation):
+    sizes, in_features, out_features = CASES[case]
+    x, weight, *_ = operands(sizes, in_features, out_features, dtype, device=device_of(hopper_kernel))
+    assert hopper_kernel.triton_grouped_gemm._hopper(x, weight) is hopper_kernel.hopper_grouped_gemm
+    check_against_reference(hopper_kernel, case, dtype, activation)
+
+
+def test_triton_hopper_row_tile_table_is_built_once_and_covers_every_row(hopper_kernel):
+    hopper = hopper_kernel.hopper_grouped_gemm
+    offsets = torch.tensor([5, 5, 40, 41], dtype=torch.int32, device=TRITON_DEVICE)
+    table = hopper.row_tile_table(offsets, 50, 16)
+    assert table.shape == (hopper.table_size(50, 4, 16), 3)
+    assert hopper.row_tile_table(offsets, 50, 16) is table  # cached on the offsets: built once per step
+    entries = [tuple(row) for row in table.tolist()]
+    assert entries[:5] == [(0, 0, 5), (2, 5, 40), (2, 21, 40), (2, 37, 40), (3, 40, 41)]
+    assert entries[5:7] == [(-1, 41, 50), (-2, 50, 50)]  # the tail (zeros), then unused entries
+    covered = sorted(r for g, start, end in entries if g >= -1 for r in range(start, min(start + 16, end)))
+    assert covered == list(range(50))
+    offsets[0] = 4  # written in place: the cached table is stale and rebuilt
+    assert hopper.row_tile_table(offsets, 50, 16)[0].tolist() == [0, 0, 4]
+    bad = torch.tensor([30, 10, 90], dtype=torch.int32, device=TRITON_DEVICE)  # decreasing, past the rows
+    rows = hopper.row_tile_table(bad, 50, 16)
+    assert int(rows[:, 1].max()) <= 50 and int(rows[:, 2].max()) <= 50  # clamped: no tile reaches past the rows
+
+
+def test_triton_hopper_weight_grad_splits_large_groups_deterministically(hopper_kernel):
+    hopper = hopper_kernel.hopper_grouped_gemm
+    sizes, in_features, out_features = [200, 3], 16, 16
+    x, _, _, offsets, grad = operands(sizes, in_features, out_features, torch.float32, device=TRITON_DEVICE)
+    meta, _, _ = hopper.tile_config(x.device, "weight_grad", out_features, in_features, 2)
+    splits = hopper.weight_grad_splits(x.device, x.shape[0], 2, in_features, out_features, meta)
+    assert splits > 1  # few tiles: the rows of each group are split
+    first = hopper.grouped_weight_grad(x.detach(), grad, offsets, (2, in_features, out_features), torch.float32, True)
+    again = hopper.grouped_weight_grad(x.detach(), grad, offsets, (2, in_features, out_features), torch.float32, True)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])  # a fixed-order reduction
+    x64, g64 = x.detach().double(), grad.double()
+    for g, (start, end) in enumerate([(0, 200), (200, 203)]):
+        want = x64[start:end].T @ g64[start:end]
+        assert relative_error(first[0][g], want) < 1e-5
+        assert relative_error(first[1][g], g64[start:end].sum(0)) < 1e-5
+
+
+def test_triton_shipped_tile_configs_name_the_gpus_and_say_they_are_unmeasured(triton_kernel):
+    import json
+
+    hopper = triton_kernel.hopper_grouped_gemm
+    table = json.loads(hopper.TUNED_CONFIGS.read_text())
+    assert {"H100", "H200"} <= set(table) and all(table[gpu]["measured"] is False for gpu in ("H100", "H200"))
+    for name in ("NVIDIA H100 80GB HBM3", "NVIDIA H200", "NVIDIA A100-SXM4-80GB"):  # the last: DEFAULT_CONFIGS[0]
+        meta, warps, stages = hopper.shipped_config(name, "forward", 4096, 1024, 10)
+        assert set(meta) == {"BLOCK_M", "BLOCK_N", "BLOCK_K", "EPILOGUE_SPLIT"} and stages in (3, 4) and warps == 8
+        meta, _, _ = hopper.shipped_config(name, "weight_grad", 4096, 1024, 10)
+        assert set(meta) == {"BLOCK_K", "BLOCK_N", "BLOCK_R"}
+
+
 # ---- on a GPU ------------------------------------------------------------------------------------------------------
 needs_cuda = pytest.mark.skipif(TRITON_DEVICE != "cuda", reason="needs a CUDA device (and Triton compiling, not interpreting)")
 

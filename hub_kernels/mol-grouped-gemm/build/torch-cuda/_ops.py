@@ -16,7 +16,7 @@ def _free_namespace(base):
     return namespace
 
 
-NAMESPACE = _free_namespace("_mol_grouped_gemm_cuda_f4b5eb5a5f")
+NAMESPACE = _free_namespace("_mol_grouped_gemm_cuda_21aa5be6e2")
 ops = getattr(torch.ops, NAMESPACE)
 
 

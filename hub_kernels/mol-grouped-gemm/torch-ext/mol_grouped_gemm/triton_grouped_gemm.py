@@ -18,11 +18,20 @@ Products accumulate in fp32 for bf16/fp16 inputs; fp32 inputs use IEEE fp32 unle
 precision allows TF32.
 """
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from . import reference
+
+
+# Which kernels run: "auto" (the Hopper kernels of hopper_grouped_gemm.py on sm_90+ where TMA can address the
+# operands, else the portable ones below), "hopper" (the Hopper kernels wherever they can run, the interpreter
+# included: for tests) or "portable" (always the kernels below).
+PATHS = ("auto", "hopper", "portable")
+PATH = os.environ.get("MOL_GROUPED_GEMM_PATH", "auto")
 
 
 # ---- tile configurations ------------------------------------------------------------------------------------------
@@ -299,10 +308,22 @@ def grouped_weight_grad(x, dy, offsets, weight_shape, weight_dtype, with_bias):
 
 
 # ---- the op's implementation (same signatures as reference.forward / reference.backward) ---------------------------
+def _hopper(*tensors):
+    """The Hopper module when this call should run it (see PATH), else None."""
+    if PATH not in PATHS:
+        raise ValueError(f"MOL_GROUPED_GEMM_PATH={PATH!r} is unknown: use one of {list(PATHS)}.")
+    if PATH == "portable" or (PATH == "auto" and interpreted()):
+        return None
+    return hopper_grouped_gemm if hopper_grouped_gemm.eligible(*tensors) else None
+
+
 def forward(x, weight, bias, offsets, activation):
     if not runs_here(x):
         return reference.forward(x, weight, bias, offsets, activation)
     reference.check_offsets(offsets, x.shape[0])
+    hopper = _hopper(x, weight)
+    if hopper is not None:
+        return hopper.grouped_matmul(x, weight, False, bias, offsets, x.dtype, gelu=activation == "gelu")
     strides = (weight.stride(0), weight.stride(1), weight.stride(2))
     return grouped_matmul(x, weight, strides, weight.shape[2], bias, offsets, x.dtype, gelu=activation == "gelu")
 
@@ -315,6 +336,15 @@ def backward(grad_out, x, weight, offsets, preact, activation, has_bias, needs_i
     reference.check_offsets(offsets, x.shape[0])
     if activation == "gelu":
         grad_out = torch.ops.aten.gelu_backward(grad_out, preact)
+    hopper = _hopper(x, weight, grad_out)
+    if hopper is not None:
+        dx = hopper.grouped_matmul(grad_out, weight, True, None, offsets, x.dtype)[0] if needs_input_grad else x.new_empty(0)
+        dw, db = weight.new_empty(0), weight.new_empty(0)
+        if needs_weight_grad or has_bias:
+            dw, db = hopper.grouped_weight_grad(x, grad_out, offsets, tuple(weight.shape), weight.dtype, has_bias)
+            if not needs_weight_grad:
+                dw = weight.new_empty(0)
+        return dx, dw, db
     dx = x.new_empty(0)
     if needs_input_grad:
         # dx[rows of g] = dy[rows of g] @ W[g]^T: the forward kernel with W read transposed, (g, out, in).
@@ -326,3 +356,7 @@ def backward(grad_out, x, weight, offsets, preact, activation, has_bias, needs_i
         if not needs_weight_grad:
             dw = weight.new_empty(0)
     return dx, dw, db
+
+
+# Last: the Hopper kernels reuse this module's device helpers (_dot, _gelu) and flags.
+from . import hopper_grouped_gemm  # noqa: E402
