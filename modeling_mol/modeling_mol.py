@@ -70,6 +70,23 @@ class MoLRowGroups:
     restore: torch.Tensor | None = None
     present_ids: tuple | None = None  # present_groups on the host (from the same synchronisation)
 
+    def localised(self, held):
+        """The same rows for a block that holds the copies of the groups `held` only (sorted global indices; what a
+        rank of a group-parallel run keeps): copies numbered 0..len(held)-1. Rows of any other group are an error."""
+        if self.present_ids is not None and not set(self.present_ids) <= set(held):
+            raise ValueError(f"This block holds the weight copies of groups {list(held)} only, and the batch has rows "
+                             f"of groups {sorted(set(self.present_ids) - set(held))}: in group-parallel training each "
+                             "rank must be given sentences of its own groups only.")
+        device = self.offsets.device
+        index = torch.tensor(held, dtype=torch.long, device=device)
+        lookup = torch.full((self.offsets.shape[0],), 0, dtype=torch.long, device=device)
+        lookup[index] = torch.arange(len(held), device=device)
+        present = None if self.present_groups is None else lookup[self.present_groups]
+        present_ids = None if self.present_ids is None else tuple(held.index(g) for g in self.present_ids)
+        # The other groups have no rows, so the held groups' cumulative ends are the local ones.
+        return MoLRowGroups(self.offsets[index], lookup[self.row_group], present, self.present_offsets,
+                            present_ids=present_ids)
+
 
 @dataclass
 class MoLPackedBatch:
@@ -546,12 +563,16 @@ class MoLLayer(GradientCheckpointingLayer):
         self.LayerNorm = MoLGroupedLayerNorm(config, config.hidden_size, num_groups)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.router = MoLRouter(config) if self.is_group_block and config.is_moe else None
+        # Group-parallel training keeps only some groups' copies on a rank (mol_toolkit's group_parallel); None: all.
+        self.held_groups = None
 
     def forward(self, rows, batch, output_attentions=False):
         """(rows, attention weights, router logits per row in the batch's order, load-balancing loss): the last two
         None except in a routed block. Tensors only, so that reentrant gradient checkpointing keeps their graphs."""
         if self.router is None:
             groups = batch.row_groups()
+            if self.held_groups is not None:
+                groups = groups.localised(self.held_groups)
             attended, weights = self.attention(rows, batch, groups, output_attentions)
             return self.feed_forward(attended, groups), weights, None, None
         groups, logits, aux_loss, chosen = self.router(rows, batch)

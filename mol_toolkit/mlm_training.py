@@ -24,6 +24,7 @@ from mol_toolkit.training.export import (
     render_model_card,
 )
 from mol_toolkit.training.metrics import MetricsLog, atomic_write_text
+from mol_toolkit.training import group_parallel
 from mol_toolkit.training.parallelism import ProcessContext, build_model, choose_threads, resolve_strategy
 from mol_toolkit.training.run_folder import RunFolder, check_writable_folder
 
@@ -256,6 +257,10 @@ class MLMTrainer:
         self.codes, self.groups = resolve_languages_and_groups(config)
         self.tokenizer = load_tokenizer(config)
         self.model_config = model_config(config, self.tokenizer, self.codes, self.groups)
+        if self.strategy == "group_parallel":  # a layout the ranks cannot form fails before any data work
+            group_parallel.check_model(self.model_config)
+            group_parallel.plan_layout(context.world_size, list(self.model_config.language_groups),
+                                       [1.0] * self.model_config.num_groups, config.group_ranks)
         if config.push_to_hub and self.is_main:
             check_hub_access(config.push_to_hub)
         self.checkpoints = CheckpointManager(self.output_dir, context, config.keep_checkpoints)
@@ -278,6 +283,7 @@ class MLMTrainer:
         self.checkpoints.remove_leftovers()
         self.metrics = MetricsLog(self.output_dir, context, self.accelerator, config.trackers, show_progress, on_step)
         self.group_of_language = self.model_config.language_to_group()
+        self.layout = self.group_layout() if self.strategy == "group_parallel" else None
         # MoE runs log their routers: the auxiliary loss and every expert's share of the tokens per routed block
         # and per language (metrics.jsonl and the trackers).
         self.expert_load = ExpertLoad.for_model(self.model_config, self.device) if self.model_config.is_moe else None
@@ -286,9 +292,26 @@ class MLMTrainer:
 
     # -- setup
 
+    def group_layout(self):
+        """The ranks of each language group (group_parallel), checked before any data work is wasted."""
+        config = self.config
+        group_parallel.check_model(self.model_config)
+        probabilities = mlm_data.language_probabilities(self.data.sizes(), config.sampling, config.sampling_temperature)
+        layout = group_parallel.plan_layout(self.context.world_size, list(self.model_config.language_groups),
+                                            group_parallel.group_shares(self.model_config, probabilities),
+                                            config.group_ranks)
+        if self.is_main:
+            print(f"group-parallel layout (group: ranks): {layout.to_dict()}")
+        return layout
+
     def build_model(self):
         from modeling_mol import MoLForMaskedLM
 
+        if self.layout is not None:
+            model, self.autocast = group_parallel.build_group_parallel_model(
+                MoLForMaskedLM, self.model_config, self.context, self.layout, self.config.mixed_precision,
+                self.config.seed)
+            return model
         model, self.autocast = build_model(MoLForMaskedLM, self.model_config, self.context, self.strategy,
                                            self.config.mixed_precision, self.config.shard_group_size, self.config.seed)
         return model
@@ -300,9 +323,11 @@ class MLMTrainer:
         decay, no_decay = [], []
         for name, parameter in model.named_parameters():
             (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(parameter)
+        # group_parallel: parameters on different device meshes cannot share one foreach kernel.
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.peak_learning_rate, betas=tuple(config.adam_betas), eps=config.adam_epsilon)
+            lr=config.peak_learning_rate, betas=tuple(config.adam_betas), eps=config.adam_epsilon,
+            foreach=False if self.layout is not None else None)
         scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup_steps, config.max_steps),
                                                     config.max_steps)
         return optimizer, scheduler
@@ -337,13 +362,17 @@ class MLMTrainer:
         return {"model": {k: v for k, v in self.model_config.to_dict().items()
                           if k not in ("transformers_version", "attn_implementation", "grouped_gemm_backend")},
                 "sentences_per_device": self.config.sentences_per_device, "world_size": self.context.world_size,
-                "gradient_accumulation_steps": self.accumulation, "seed": self.config.seed}
+                "gradient_accumulation_steps": self.accumulation, "seed": self.config.seed,
+                **({"group_parallel": self.layout.to_dict()} if self.layout is not None else {})}
 
     def _states(self, model, optimizer):
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         model_state, optimizer_state = get_state_dict(model, optimizer)
-        return {"model": model_state, "optimizer": optimizer_state}
+        states = {"model": model_state, "optimizer": optimizer_state}
+        if self.layout is not None:
+            states = group_parallel.checkpoint_names(states, model, self.layout, self.context.rank)
+        return states
 
     def save_checkpoint(self, step, model, optimizer, scheduler, sampler):
         # A MoE's expert counts since the last log go with it, so that a resumed run logs the same shares.
@@ -357,12 +386,20 @@ class MLMTrainer:
 
         recorded = CheckpointManager.trainer_state(path)
         expected = json.loads(json.dumps(self.run_identity(), default=str))
+        written, wanted = recorded["identity"].get("group_parallel"), expected.get("group_parallel")
+        if written != wanted:
+            raise ValueError(f"The checkpoint {path} was written with the group-parallel layout {written}, and this run "
+                             f"has {wanted}: resuming across strategies or layouts is not supported yet (no "
+                             "resharding between them). Resume with the same strategy and layout, or start a new run "
+                             "from the exported model.")
         if recorded["identity"] != expected:
             changed = sorted(k for k in expected if recorded["identity"].get(k) != expected[k])
             raise ValueError(f"The checkpoint {path} comes from a different run configuration (differs in {changed}): "
                              "resume with the configuration it was trained with, or start a new output_dir.")
         states = self._states(model, optimizer)
         self.checkpoints.load(path, states)
+        if self.layout is not None:
+            states = group_parallel.checkpoint_names(states, model, self.layout, self.context.rank, restore=True)
         set_state_dict(model, optimizer, model_state_dict=states["model"], optim_state_dict=states["optimizer"])
         scheduler.load_state_dict(recorded["scheduler"])
         sampler.load_state_dict(recorded["sampler"])
@@ -380,10 +417,38 @@ class MLMTrainer:
                                    mlm_data.step_generator(self.config.seed, step, slot))
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    def group_parallel_step(self, model, sampler, step):
+        """group_parallel's micro-batches: (loss summed over this rank's token-weighted sentences, tokens)."""
+        loss_sum, tokens = 0.0, 0
+        for micro in range(self.accumulation):
+            batch, _ = group_parallel.micro_batch(
+                sampler, self.data, self.data.masking, self.config.seed, step, micro, self.context.world_size,
+                self.accumulation, self.layout, self.context.rank, self.group_of_language)
+            weights = batch.pop("token_weights").to(self.device)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            started = time.perf_counter()
+            with self.autocast():
+                output = model(**batch)
+            loss = group_parallel.weighted_mlm_loss(output, batch["labels"], weights)
+            loss.backward()
+            self.compute_seconds += time.perf_counter() - started
+            loss_sum += loss.item()
+            tokens += int(batch["attention_mask"].sum())
+        return loss_sum, tokens
+
     def train_step(self, model, optimizer, scheduler, sampler, step):
         """One optimizer step over `accumulation` micro-batches: (mean loss over the global batch, tokens, norm,
         mean auxiliary loss or None). A MoE's loss includes router_aux_loss_coef x its auxiliary loss."""
         loss_sum, aux_sum, tokens = 0.0, 0.0, 0
+        if self.layout is not None:  # the token weights already divide by the slots: the ranks' sum is the mean
+            loss_sum, tokens = self.group_parallel_step(model, sampler, step)
+            group_parallel.sum_gradients(model)
+            grad_norm = self._clip(model)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            mean_loss, tokens = self.context.sum([loss_sum, tokens])
+            return mean_loss, tokens, grad_norm, None
         for micro in range(self.accumulation):
             batch = self.micro_batch(sampler, step, micro)
             started = time.perf_counter()
@@ -412,6 +477,8 @@ class MLMTrainer:
 
     def evaluate(self, model):
         """MLM loss per devtest language: the sum of token losses over all ranks' batches / the masked tokens."""
+        if self.layout is not None:
+            return self.evaluate_group_parallel(model)
         losses = {}
         world, rank = self.context.world_size, self.context.rank
         model.eval()
@@ -436,6 +503,38 @@ class MLMTrainer:
                 losses[code] = total / count
         model.train()
         return losses
+
+    def evaluate_group_parallel(self, model):
+        """The same losses, each language's batches run by the ranks of its group (round-robin): every rank runs
+        as many forwards as the busiest (FSDP gathers collectively), repeating one of its batches for nothing."""
+        import torch.distributed as dist
+
+        my_group = self.layout.group_of_rank(self.context.rank)
+        group_ranks = self.layout.ranks[my_group]
+        work = [(lang, batch) for lang, batches in enumerate(self.eval_batches())
+                if self.group_of_language[lang] == my_group
+                for index, batch in enumerate(batches) if index % len(group_ranks) == group_ranks.index(self.context.rank)]
+        rounds = torch.tensor(len(work))
+        dist.all_reduce(rounds, op=dist.ReduceOp.MAX)
+        sums = [0.0] * (2 * len(self.codes))  # (token loss sum, masked tokens) per language
+        model.eval()
+        with torch.no_grad():
+            for round_index in range(int(rounds)):
+                lang, batch = work[min(round_index, len(work) - 1)] if work else (None, None)
+                if batch is None:  # no devtest text in this group: any batch of its languages, for nothing
+                    lang = next(i for i, g in enumerate(self.group_of_language) if g == my_group)
+                    batch = self.eval_batches()[lang][0]
+                compute_started = time.perf_counter()
+                with self.autocast():
+                    loss = masked_lm_loss(model(**{k: v.to(self.device) for k, v in batch.items()}), batch["labels"])
+                self.compute_seconds += time.perf_counter() - compute_started
+                if round_index < len(work):
+                    masked = (batch["labels"] != -100).sum().item()
+                    sums[2 * lang] += loss.item() * masked
+                    sums[2 * lang + 1] += masked
+        model.train()
+        sums = self.context.sum(sums)
+        return {code: sums[2 * i] / sums[2 * i + 1] for i, code in enumerate(self.codes)}
 
     def eval_batches(self):
         """Every language's masked devtest batches, built once: each evaluation of the run reuses them."""
@@ -527,6 +626,8 @@ class MLMTrainer:
     def _clip(self, model):
         if not self.config.max_grad_norm:
             return None
+        if self.layout is not None:
+            return group_parallel.clip_gradients(model, self.config.max_grad_norm)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         return float(norm)
@@ -541,7 +642,10 @@ class MLMTrainer:
     def export(self, model, devtest):
         """The flat remote-code bundle with tokenizer and model card in output_dir/model (pushed when asked), with
         its language identifier fitted; returns (folder, the identifier's scores or None)."""
-        state = full_state_dict(model, sharded=self.strategy in ("fsdp", "hsdp"))
+        if self.layout is not None:
+            state = group_parallel.full_state_dict(model, self.layout, self.context)
+        else:
+            state = full_state_dict(model, sharded=self.strategy in ("fsdp", "hsdp"))
         target, scores = self.output_dir / "model", None
         if self.is_main:
             plain = plain_model(state, self.model_config)

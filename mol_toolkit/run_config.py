@@ -21,7 +21,7 @@ def _list_key(default, help, section):
 # The paper's learning rates: 4e-5 for Mixture of Languages pretraining, 1e-5 for the interference runs.
 LEARNING_RATE_PRESETS = {"mol": 4e-5, "interference": 1e-5}
 SAMPLING = ("proportional", "temperature")
-STRATEGIES = ("auto", "none", "fsdp", "hsdp")
+STRATEGIES = ("auto", "none", "fsdp", "hsdp", "group_parallel")
 MIXED_PRECISION = ("no", "bf16")
 
 
@@ -109,9 +109,12 @@ class RunConfig:
 
     # -- distribution
     strategy: str = _key("auto", "auto (FSDP2 when several processes, else none), none, fsdp (FSDP2 fully_shard "
-                         "over MoLLayer) or hsdp (shard within a node, replicate across nodes).", "distribution")
+                         "over MoLLayer), hsdp (shard within a node, replicate across nodes) or group_parallel (each "
+                         "rank holds only its language group's copies of the group blocks).", "distribution")
     shard_group_size: object = _key(None, "HSDP: processes per shard group (null: processes per node).",
                                     "distribution")
+    group_ranks: object = _key(None, "group_parallel: ranks per language group (group name -> count; null: in "
+                               "proportion to each group's share of the sampling probabilities).", "distribution")
 
     # -- run
     output_dir: str = _key("runs/mlm", "Run folder: checkpoints, logs, metrics.jsonl, the exported model.", "run")
@@ -322,6 +325,7 @@ CHECKS = {
     "seed": integer(0),
     "strategy": one_of(STRATEGIES),
     "shard_group_size": integer(1, optional=True),
+    "group_ranks": kinds(dict, optional=True, what="a mapping group name -> number of ranks"),
     "output_dir": text(),
     "checkpoint_every": integer(0),
     "checkpoint_at_end": boolean,

@@ -91,7 +91,7 @@ def resolve_strategy(requested, context):
     if requested == "none" and context.world_size > 1:
         raise ValueError(f"strategy='none' with {context.world_size} processes would train {context.world_size} "
                          "separate models: use fsdp or hsdp, or launch one process.")
-    if requested in ("fsdp", "hsdp") and not context.collective:
+    if requested in ("fsdp", "hsdp", "group_parallel") and not context.collective:
         raise ValueError(f"strategy={requested!r} needs a distributed launch (accelerate launch with several "
                          "processes); use strategy none or auto for a single process.")
     return requested
@@ -145,12 +145,13 @@ def materialise(model, device):
         torch.__future__.set_swap_module_params_on_conversion(swap)
 
 
-def initialise(model, model_class, model_config, seed):
+def initialise(model, model_class, model_config, seed, held_groups=None):
     """Fill `model` (plain or sharded) with the weights `model_class._init_weights` gives, one module at a time.
 
     A meta copy of the unsharded model supplies each module; the module is materialised on the CPU alone, initialised
     by the model's own `_init_weights` from one seeded sequence (the same on every rank), copied into this rank's
-    shard and dropped again. Tied parameters are filled once."""
+    shard and dropped again. Tied parameters are filled once. With `held_groups` (group-parallel), a group block's
+    parameters hold those groups' copies only: the same values as the full model's copies of them."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     with torch.device("meta"):
@@ -170,6 +171,8 @@ def initialise(model, model_class, model_config, seed):
             for name, _ in own:
                 full = getattr(module, name).detach()
                 target = targets[f"{module_name}.{name}" if module_name else name]
+                if held_groups is not None and tuple(target.shape) != tuple(full.shape):
+                    full = full[list(held_groups)]
                 with torch.no_grad():
                     if isinstance(target, DTensor):
                         shard = distribute_tensor(full, target.device_mesh, target.placements, src_data_rank=None)
