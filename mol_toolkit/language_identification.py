@@ -20,15 +20,10 @@ BATCH_SIZE = 256
 
 def padded_batches(sequences, pad_id, batch_size=BATCH_SIZE):
     """(input_ids, attention_mask) batches of token-id lists, in order."""
+    from mol_toolkit.mlm_data import pad_batch
+
     for start in range(0, len(sequences), batch_size):
-        chunk = [list(ids) for ids in sequences[start:start + batch_size]]
-        width = max(1, max(len(ids) for ids in chunk))
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, ids in enumerate(chunk):
-            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, :len(ids)] = 1
-        yield input_ids, mask
+        yield pad_batch([list(ids) for ids in sequences[start:start + batch_size]], pad_id)
 
 
 @torch.no_grad()

@@ -350,7 +350,9 @@ class MLMTrainer:
         for name, parameter in model.named_parameters():
             if isinstance(parameter, DTensor):
                 report[name] = {"dtensor": True, "placements": [str(p) for p in parameter.placements],
-                                "local_numel": parameter.to_local().numel(), "numel": parameter.numel()}
+                                "local_numel": parameter.to_local().numel(), "numel": parameter.numel(),
+                                "shape": list(parameter.shape), "local_shape": list(parameter.to_local().shape),
+                                "mesh_ranks": parameter.device_mesh.mesh.flatten().tolist()}
             else:
                 report[name] = {"dtensor": False, "local_numel": parameter.numel(), "numel": parameter.numel()}
         return report

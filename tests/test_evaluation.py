@@ -413,8 +413,12 @@ def test_routing_auto_identifies_every_text_and_records_what_it_found(identifyin
     assert {row["subset"] for row in model["scores"]} == {"en", "fr", "de", "ja"}  # the same subsets as by subset
     calls = json.loads(next((tmp_path / "routing").rglob("*.json")).read_text())
     assert all(call["routed_to"] == "auto" and sum(call["identified"].values()) == call["texts"] for call in calls)
-    french = [call for call in calls if call["subset"] == "fr"]
-    assert french and all(call["identified_as_subset_language"] >= 0.8 for call in french), french
+    # What was identified is recorded; its accuracy on this tiny random model is not the point (see
+    # test_language_identification): the subset's language is the one most often found.
+    known = [call for call in calls if call["subset"] in ("en", "fr", "de")]
+    assert len(known) == 6 and all(max(call["identified"], key=call["identified"].get) == call["subset_language"]
+                                   .replace("-", "_") for call in known), known
+    assert all(0.5 < call["identified_as_subset_language"] <= 1 for call in known), known
     settings = json.loads((tmp_path / "evaluation.json").read_text())["models"]
     assert [s["routing"] for s in settings.values()] == ["auto"]
     # The same folder refuses the other routing: results of the two are never mixed.

@@ -204,7 +204,7 @@ def test_every_strategy_runs_offline_and_builds_a_model(strategy, extra, tmp_pat
     (["--strategy", "paper", "--languages", "mol-30", "--num-groups", 4], "has 5 groups, not --num-groups 4"),
     (["--strategy", "embedding", "--languages", "eng_Latn,deu_Latn", "--num-groups", 2, "--encoder", "/nonexistent/encoder"],
      "Cannot load the encoder '/nonexistent/encoder'"),
-    (["--strategy", "token-overlap", "--languages", "eng_Latn,yor_Latn", "--num-groups", 2], "Unknown language code 'yor_Latn'"),
+    (["--strategy", "token-overlap", "--languages", "eng_Latn,xyz_Latn", "--num-groups", 2], "Unknown language code 'xyz_Latn'"),
     (["--strategy", "token-overlap", "--languages", "eng_Latn,kab_Latn", "--num-groups", 2], "has no all text for ['kab_Latn']"),
 ])
 def test_bad_inputs_fail_with_clear_errors(argv, message, capsys):

@@ -149,7 +149,7 @@ def build_group_parallel_model(model_class, model_config, context, layout, mixed
 
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    from mol_toolkit.training.parallelism import initialise, materialise
+    from mol_toolkit.training.parallelism import initialise, materialise, shard_placement
 
     check_model(model_config)
     with torch.device("meta"):
@@ -161,8 +161,9 @@ def build_group_parallel_model(model_class, model_config, context, layout, mixed
                                   reduce_dtype=torch.float32 if bf16 else None)
     world, group = group_meshes(context, layout)
     for layer in model.mol.encoder.layer:
-        fully_shard(layer, mesh=group if layer.is_group_block else world, mp_policy=policy)
-    fully_shard(model, mesh=world, mp_policy=policy)
+        mesh = group if layer.is_group_block else world
+        fully_shard(layer, mesh=mesh, mp_policy=policy, shard_placement_fn=shard_placement(mesh.size()))
+    fully_shard(model, mesh=world, mp_policy=policy, shard_placement_fn=shard_placement(world.size()))
     materialise(model, context.device)
     initialise(model, model_class, model_config, seed, held_groups=held)
     torch.manual_seed(seed)

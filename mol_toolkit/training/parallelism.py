@@ -121,9 +121,10 @@ def build_model(model_class, model_config, context, strategy, mixed_precision="n
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None,
                                       reduce_dtype=torch.float32 if bf16 else None)
         mesh = device_mesh(strategy, context, shard_group_size)
+        placement = shard_placement(mesh["shard"].size())
         for layer in model.mol.encoder.layer:
-            fully_shard(layer, mesh=mesh, mp_policy=policy)
-        fully_shard(model, mesh=mesh, mp_policy=policy)
+            fully_shard(layer, mesh=mesh, mp_policy=policy, shard_placement_fn=placement)
+        fully_shard(model, mesh=mesh, mp_policy=policy, shard_placement_fn=placement)
         autocast = contextlib.nullcontext  # FSDP2 casts parameters itself
     else:
         device_type = context.device.type
@@ -132,6 +133,19 @@ def build_model(model_class, model_config, context, strategy, mixed_precision="n
     initialise(model, model_class, model_config, seed)
     torch.manual_seed(seed)  # dropout draws from here on: the same in every run of this seed
     return model, autocast
+
+
+def shard_placement(shard_size):
+    """FSDP2's shard dimension of each parameter: dim 0, except for the per-group tensors (groups, ...) whose group
+    dimension is smaller than the shard group (a shared block's copy count is 1): they shard their feature dimension
+    (dim 1). Sharded on dim 0 such a tensor would sit whole on the first ranks, padding on the others, and every
+    all-gather would move that padding too (seen: a shared block gathered at 4x its size on 4 ranks)."""
+    from torch.distributed.tensor import Shard
+
+    def placement(parameter):
+        return Shard(1) if parameter.dim() >= 2 and parameter.shape[0] < shard_size else Shard(0)
+
+    return placement
 
 
 def materialise(model, device):

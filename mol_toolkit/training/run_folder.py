@@ -24,7 +24,8 @@ RECORD = "run_config.json"
 MAY_CHANGE_ON_RESUME = frozenset({
     "max_steps", "resume", "overwrite", "trackers", "log_every", "eval_every", "eval_sentences", "checkpoint_every",
     "checkpoint_at_end", "keep_checkpoints", "export", "push_to_hub", "license", "run_name", "threads",
-    "grouped_gemm_backend", "attn_implementation", "cache_dir", "output_dir",
+    "grouped_gemm_backend", "attn_implementation", "cache_dir", "output_dir", "strategy", "shard_group_size",
+    "group_ranks",
 })
 
 
