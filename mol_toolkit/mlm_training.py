@@ -373,13 +373,13 @@ class MLMTrainer:
         model_state, optimizer_state = get_state_dict(model, optimizer)
         states = {"model": model_state, "optimizer": optimizer_state}
         if self.layout is not None:
-            states = group_parallel.checkpoint_names(states, model, self.layout, self.context.rank)
-        return states
+            return states, group_parallel.checkpoint_states(states, model, self.layout, self.context.rank)
+        return states, states
 
     def save_checkpoint(self, step, model, optimizer, scheduler, sampler):
         # A MoE's expert counts since the last log go with it, so that a resumed run logs the same shares.
         expert_load = self.expert_load.total(self.context) if self.expert_load is not None else None
-        return self.checkpoints.save(step, self._states(model, optimizer), {
+        return self.checkpoints.save(step, self._states(model, optimizer)[1], {
             "step": step, "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
             "identity": self.run_identity(), "expert_load": expert_load})
 
@@ -388,20 +388,15 @@ class MLMTrainer:
 
         recorded = CheckpointManager.trainer_state(path)
         expected = json.loads(json.dumps(self.run_identity(), default=str))
-        written, wanted = recorded["identity"].get("group_parallel"), expected.get("group_parallel")
-        if written != wanted:
-            raise ValueError(f"The checkpoint {path} was written with the group-parallel layout {written}, and this run "
-                             f"has {wanted}: resuming across strategies or layouts is not supported yet (no "
-                             "resharding between them). Resume with the same strategy and layout, or start a new run "
-                             "from the exported model.")
-        if recorded["identity"] != expected:
-            changed = sorted(k for k in expected if recorded["identity"].get(k) != expected[k])
+        # The layout may change (group_parallel <-> fsdp/hsdp, other group ranks): the checkpoint reshards.
+        recorded_identity = {k: v for k, v in recorded["identity"].items() if k != "group_parallel"}
+        expected = {k: v for k, v in expected.items() if k != "group_parallel"}
+        if recorded_identity != expected:
+            changed = sorted(k for k in expected if recorded_identity.get(k) != expected[k])
             raise ValueError(f"The checkpoint {path} comes from a different run configuration (differs in {changed}): "
                              "resume with the configuration it was trained with, or start a new output_dir.")
-        states = self._states(model, optimizer)
-        self.checkpoints.load(path, states)
-        if self.layout is not None:
-            states = group_parallel.checkpoint_names(states, model, self.layout, self.context.rank, restore=True)
+        states, stored = self._states(model, optimizer)
+        self.checkpoints.load(path, stored)  # group_parallel: into views of `states`' tensors
         set_state_dict(model, optimizer, model_state_dict=states["model"], optim_state_dict=states["optimizer"])
         scheduler.load_state_dict(recorded["scheduler"])
         sampler.load_state_dict(recorded["sampler"])

@@ -18,6 +18,10 @@ each sentence uses one group. Here:
   1 / (slots x masked tokens of the sentence's FSDP slot). The run's language sampling probabilities are therefore
   exactly those of the global batch, and the loss summed over ranks is the FSDP run's mean loss.
 
+Checkpoints (`checkpoint_states`) store each group block's tensors in the whole model's view (groups, ...), the
+names and shapes an FSDP or HSDP run stores, so torch.distributed.checkpoint reshards between the strategies: a run
+resumes group-parallel from an FSDP checkpoint and the reverse, or under another group layout.
+
 Learned routing (the MoE baselines) is refused: expert parallelism needs the tokens exchanged between ranks
 (all-to-all), which this layout does not do.
 """
@@ -293,18 +297,39 @@ def _group_block_prefixes(model):
     return tuple(f"mol.encoder.layer.{i}." for i, layer in enumerate(model.mol.encoder.layer) if layer.is_group_block)
 
 
-def checkpoint_names(states, model, layout, rank, restore=False):
-    """The state dicts (as get_state_dict gives them) with every group block's entries named after the rank's group
-    (`<name>@group=<group>`), so that the groups' different copies are different tensors to torch.distributed
-    .checkpoint; `restore` undoes it. Optimizer param_groups keep the plain names: they are the same on every rank."""
+def _global_view(tensor, group, num_groups):
+    """A group block tensor of this rank (a DTensor over its group's mesh, holding the group's one copy) as a
+    ShardedTensor of the whole model's shape (groups, ...): this rank's local block placed at its group's copy and
+    its shard's offset. Same storage: a checkpoint load writes straight into the parameter (or optimizer state)."""
+    from torch.distributed._shard.metadata import ShardMetadata
+    from torch.distributed._shard.sharded_tensor import Shard, init_from_local_shards
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    local = tensor.to_local()
+    shape, offset = compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
+    shards = []
+    if local.numel():
+        metadata = ShardMetadata(shard_offsets=[group + offset[0], *offset[1:]], shard_sizes=list(shape),
+                                 placement=f"rank:{dist.get_rank()}/{local.device}")
+        shards.append(Shard(local, metadata))
+    return init_from_local_shards(shards, num_groups, *tensor.shape[1:])
+
+
+def checkpoint_states(states, model, layout, rank):
+    """The state dicts (as get_state_dict gives them) with every group block's tensors in the whole model's view
+    (`_global_view`): the same names and global shapes as an FSDP or HSDP run's, so torch.distributed.checkpoint
+    reshards between the strategies and layouts. The entries are views of the live tensors."""
     prefixes = _group_block_prefixes(model)
-    suffix = f"@group={layout.group_names[layout.group_of_rank(rank)]}"
+    group, num_groups = layout.group_of_rank(rank), len(layout.ranks)
+    from torch.distributed.tensor import DTensor
 
-    def rename(name):
-        if restore:
-            return name[: -len(suffix)] if name.endswith(suffix) else name
-        return name + suffix if name.startswith(prefixes) else name
+    def convert(name, value):
+        return _global_view(value, group, num_groups) if name.startswith(prefixes) and isinstance(value, DTensor) \
+            else value
 
+    model_state = {name: convert(name, value) for name, value in states["model"].items()}
     optimizer = dict(states["optimizer"])
-    optimizer["state"] = {rename(k): v for k, v in states["optimizer"].get("state", {}).items()}
-    return {"model": {rename(k): v for k, v in states["model"].items()}, "optimizer": optimizer}
+    optimizer["state"] = {name: {key: convert(name, value) if getattr(value, "dim", lambda: 0)() > 0 else value
+                                 for key, value in entry.items()}
+                          for name, entry in states["optimizer"].get("state", {}).items()}
+    return {"model": model_state, "optimizer": optimizer}
