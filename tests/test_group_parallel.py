@@ -271,3 +271,34 @@ def test_measured_bytes_match_what_the_placements_predict(tmp_path):
         assert measured["dense / FSDP2"]["all_gather group blocks"] == 0
     assert result["group_block_ratio"] <= 1 / groups + 1e-9
     assert "| MoL / group_parallel | 3 |" in run.stdout
+
+
+@pytest.mark.slow
+def test_a_killed_group_parallel_run_resumes_exactly(tmp_path):
+    """SIGKILL (the launcher and its 4 workers) after the first checkpoint, resume: the same losses as a run that was
+    never interrupted, bitwise."""
+    import signal
+    import time
+
+    arguments = ["--max-steps", "15", "--checkpoint-every", "3", "--export", "false"]
+    cache = tmp_path / "cache"
+    full = launch(tmp_path / "full", cache, *arguments)
+    assert full.returncode == 0, full.stderr[-3000:]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
+               str(PROJECT / "train_mlm.py"), "--config", str(CONFIG), "--output-dir", str(tmp_path / "killed"),
+               "--cache-dir", str(cache), "--trackers", "[]", "--log-every", "1", "--eval-every", "0", *arguments]
+    env = dict(os.environ, PYTHONPATH=str(PROJECT), OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    killed = subprocess.Popen(command, env=env, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while not (checkpoints / "step-0000003").is_dir() and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.02)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert max(losses(tmp_path / "killed")) < 15, "the run finished before it could be killed"
+    resumed = launch(tmp_path / "killed", cache, *arguments, "--resume", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = losses(tmp_path / "full"), losses(tmp_path / "killed")
+    assert sorted(got) == sorted(expected) == list(range(1, 16))
+    assert all(got[step] == expected[step] for step in expected), (got, expected)
