@@ -16,7 +16,7 @@ def _free_namespace(base):
     return namespace
 
 
-NAMESPACE = _free_namespace("_mol_grouped_gemm_cuda_21aa5be6e2")
+NAMESPACE = _free_namespace("_mol_grouped_gemm_cuda_071e102b7c")
 ops = getattr(torch.ops, NAMESPACE)
 
 

@@ -28,6 +28,7 @@ import json
 import math
 import weakref
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -110,7 +111,9 @@ def row_tile_table(offsets, num_rows, block_m):
 
 
 # ---- tile configurations ------------------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
 def _tuned_table():
+    """The shipped configurations, read once per process (not at every launch)."""
     return json.loads(TUNED_CONFIGS.read_text()) if TUNED_CONFIGS.exists() else {}
 
 
