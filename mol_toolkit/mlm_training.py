@@ -488,10 +488,7 @@ class MLMTrainer:
                 for round_index in range(rounds):
                     index = round_index * world + rank
                     batch = batches[min(index, len(batches) - 1)]
-                    compute_started = time.perf_counter()
-                    with self.autocast():
-                        loss = masked_lm_loss(model(**{k: v.to(self.device) for k, v in batch.items()}), batch["labels"])
-                    self.compute_seconds += time.perf_counter() - compute_started
+                    loss = self._eval_loss(model, batch)
                     if index < len(batches):
                         masked = (batch["labels"] != -100).sum().item()
                         total += loss.item() * masked
@@ -500,6 +497,14 @@ class MLMTrainer:
                 losses[code] = total / count
         model.train()
         return losses
+
+    def _eval_loss(self, model, batch):
+        """The mean masked-token loss of one devtest batch (its compute time counted)."""
+        compute_started = time.perf_counter()
+        with self.autocast():
+            loss = masked_lm_loss(model(**{k: v.to(self.device) for k, v in batch.items()}), batch["labels"])
+        self.compute_seconds += time.perf_counter() - compute_started
+        return loss
 
     def evaluate_group_parallel(self, model):
         """The same losses, each language's batches run by the ranks of its group (round-robin): every rank runs
@@ -521,10 +526,7 @@ class MLMTrainer:
                 if batch is None:  # no devtest text in this group: any batch of its languages, for nothing
                     lang = next(i for i, g in enumerate(self.group_of_language) if g == my_group)
                     batch = self.eval_batches()[lang][0]
-                compute_started = time.perf_counter()
-                with self.autocast():
-                    loss = masked_lm_loss(model(**{k: v.to(self.device) for k, v in batch.items()}), batch["labels"])
-                self.compute_seconds += time.perf_counter() - compute_started
+                loss = self._eval_loss(model, batch)
                 if round_index < len(work):
                     masked = (batch["labels"] != -100).sum().item()
                     sums[2 * lang] += loss.item() * masked
