@@ -5,8 +5,7 @@ averaging, several models side by side; and the LID probe that chooses the group
         --model google-bert/bert-base-multilingual-cased --tasks mol-table11 --output-dir runs/eval
     python evaluate_mol.py lid-probe --model runs/dense/model --languages eng_Latn,fra_Latn,rus_Cyrl --output-dir runs/lid
     python evaluate_mol.py lid-probe --preset paper --model my-org/dense-baseline --output-dir runs/lid-paper
-    python evaluate_mol.py routing --model runs/moe30_token/model --preset paper --figure-languages \
-        eng_Latn,fra_Latn,khm_Khmr --mteb-tasks MassiveIntentClassification --output-dir runs/routing
+    python evaluate_mol.py routing --model runs/moe30_token/model --preset paper --output-dir runs/routing
 """
 
 import argparse
@@ -21,8 +20,13 @@ def add_mteb_arguments(parser):
                         help="A MoL bundle folder, a Hub repo id or any transformers encoder; repeat to compare.")
     parser.add_argument("--tasks", required=True,
                         help=f"A preset ({', '.join(sorted(PRESETS))}) or mteb task names, comma-separated.")
-    parser.add_argument("--languages", help="Only these languages (a comma-separated list of codes in any form: "
-                        "fra_Latn, fra-Latn, fra, fr); each must be one the model knows.")
+    parser.add_argument("--languages", help="The comparison's language set: a named set (mol-30, mol-90, table12: "
+                        "the paper's Table 12, interference-83) or codes in any form (fra_Latn, fra-Latn, fra, fr); "
+                        "every model that routes by language must know each. Default: Table 12 for mol-table11 when "
+                        "every model covers it, else the subsets every model can be routed on.")
+    parser.add_argument("--allow-different-languages", action="store_true",
+                        help="Score each model on the subsets it can be routed on, even where they differ (every "
+                        "table then marks it); without it every model is scored on the same subsets.")
     parser.add_argument("--default-language", help="Route subsets in languages the model does not know to this "
                         "language (recorded in the results) instead of skipping them.")
     parser.add_argument("--routing", choices=["subset", "auto"], default="subset",
@@ -30,8 +34,8 @@ def add_mteb_arguments(parser):
                         "text by the language the model's identifier finds (what identification costs).")
     parser.add_argument("--output-dir", required=True, help="Results folder (created; reruns skip finished work).")
     parser.add_argument("--batch-size", type=int, default=32, help="Texts per forward pass (default 32).")
-    parser.add_argument("--max-length", type=int, help="Tokens per text (default: what the position table allows, "
-                        "at most 512).")
+    parser.add_argument("--max-length", type=int, help="Tokens per text, the same for every model (default: the "
+                        "shortest position table among the models, at most 512).")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16.")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice).")
@@ -51,9 +55,14 @@ def run_mteb(args):
         torch.set_num_threads(args.threads)
     summary = evaluate_models(
         args.model, args.tasks, args.output_dir, languages=args.languages, default_language=args.default_language,
-        update_card=args.update_card, show_progress=not args.no_progress, batch_size=args.batch_size,
+        update_card=args.update_card, allow_different_languages=args.allow_different_languages,
+        show_progress=not args.no_progress, batch_size=args.batch_size,
         max_length=args.max_length, device=args.device, dtype=args.dtype, routing=args.routing,
     )
+    comparison = summary["comparison"]
+    print(f"Language set {comparison['language_set']}: {len(comparison['languages'])} languages"
+          f"{'' if comparison['same_languages'] else ', DIFFERENT per model (--allow-different-languages)'}; "
+          f"max length {comparison['max_length']} tokens for every model.")
     for name, model in summary["models"].items():
         average = "n/a" if model["average"] is None else f"{model['average']:.2f}"
         print(f"{name}: average {average} over {len(model['scores'])} subsets")
@@ -87,9 +96,12 @@ def add_lid_probe_arguments(parser):
 def add_routing_arguments(parser):
     parser.add_argument("--model", required=True, help="A MoE baseline (routing token or sentence): a bundle folder "
                         "or a Hub repo id.")
-    parser.add_argument("--preset", choices=["udhr", "paper"], default="udhr",
-                        help="udhr (default): the shipped UDHR sample's devtest split, offline, 50 batches; paper: "
-                        "FLORES-200 devtest (FLORES+ on the Hub, gated), 500 batches (Figure 4, Table 7).")
+    parser.add_argument("--preset", choices=["udhr", "paper", "paper-flores"], default="udhr",
+                        help="udhr (default): the shipped UDHR sample's devtest split, offline, 50 batches; paper "
+                        "(Section 5.1, Figure 4, Table 7): the histogram from MassiveIntent test sentences in English "
+                        "and French (Khmer is not among the 30 languages), 500 batches, the MLM loss on FLORES-200 "
+                        "devtest (FLORES+ on the Hub, gated), MTEB accuracy on English MassiveIntent; paper-flores: "
+                        "the histogram from FLORES-200 devtest instead (a labelled variant).")
     parser.add_argument("--data", help="The devtest text instead of the preset's: a path or a mapping as in "
                         "train_mlm.py ('{lang}' is the code, '{flores_plus}' its FLORES+ name), YAML flow syntax.")
     parser.add_argument("--languages", help="A preset (mol-30, ...) or comma-separated codes (default: every language "
@@ -103,7 +115,7 @@ def add_routing_arguments(parser):
     parser.add_argument("--max-length", type=int, help="Tokens per sentence (default: the position table's, <= 512).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the batches and of the random routing (default 0).")
     parser.add_argument("--mteb-tasks", help="Also score these mteb tasks (or a preset) with learned and with random "
-                        "routing (the paper: MassiveIntentClassification, English).")
+                        "routing (default with --preset paper: MassiveIntentClassification in English, Table 7).")
     parser.add_argument("--output-dir", required=True, help="Where routing.json, expert_histogram.* and "
                         "learned_vs_random.* go.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an earlier analysis in --output-dir.")
@@ -134,6 +146,7 @@ def run_routing(args):
         print(f"MTEB average: learned {result['mteb']['learned']}, random {result['mteb']['random']}.")
     collapsed = result["collapsed_languages"]
     print(f"Routing collapse (>= 90% of a language's tokens on one expert): {collapsed or 'none'}.")
+    print(f"Histogram from {result['histogram_data']} in {', '.join(result['histogram_languages'])}.")
     print(f"Wrote {Path(args.output_dir) / 'routing.json'}, expert_histogram.md/.csv/.png, learned_vs_random.md/.csv.")
 
 

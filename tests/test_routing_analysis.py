@@ -145,3 +145,32 @@ def test_bad_input_is_refused_before_the_model_runs(trained_moe, tmp_path, capsy
     assert "is not a MoE (routing='language')" in capsys.readouterr().err
     with pytest.raises(ValueError, match="has no learned router"):
         SentenceEncoder(str(mol), random_routing_seed=0)
+
+
+def test_the_paper_preset_is_section_5_1s_setting(trained_moe, tmp_path, hub, monkeypatch):
+    """Figure 4's histogram from MassiveIntent test sentences in English and French (Khmer is not among the model's
+    languages: said), Table 7's loss on the devtest text and its accuracy on English MassiveIntent."""
+    from test_evaluation import push_massive_intent
+
+    from mol_toolkit.evaluation.lid_probe import udhr_sources
+    from mol_toolkit.evaluation.routing_analysis import analyse
+
+    bundle, _ = trained_moe
+    monkeypatch.chdir(PROJECT)
+    push_massive_intent(hub)
+    before = len(hub.state.requests)
+    out = tmp_path / "routing"
+    result = analyse(str(bundle), out, preset="paper", data=udhr_sources("devtest"), batches=2, batch_size=8,
+                     show_progress=False, log=lambda _: None)
+    assert result["histogram_data"] == {"mteb_task": "MassiveIntentClassification", "split": "test"}
+    assert result["histogram_languages"] == ["eng_Latn", "fra_Latn"]
+    assert {row["language"] for row in result["histogram"]} == {"eng_Latn", "fra_Latn"}
+    assert set(result["learned_vs_random"]) == set(LANGUAGES)  # the loss: every language of the model
+    assert any(note.startswith("khm_Khmr") for note in result["notes"])
+    assert "khm_Khmr" in (out / "learned_vs_random.md").read_text()
+    assert any("amazon_massive_intent" in path for _, path in hub.state.requests[before:])
+    assert result["mteb_languages"] == "eng_Latn"
+    for routing_name in ("learned", "random"):
+        summary = json.loads((out / f"mteb-{routing_name}" / "summary.json").read_text())
+        [model] = summary["models"].values()
+        assert {(row["task"], row["subset"]) for row in model["scores"]} == {("MassiveIntentClassification", "en")}

@@ -79,6 +79,15 @@ class MoLMTEBEncoder:
                              "go to: pass --default-language CODE (one of its languages).")
         self.encoder.identifier_fallback = fallback
 
+    def set_max_length(self, max_length):
+        """Cut every text at `max_length` tokens (a comparison uses one length for all its models)."""
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or \
+                not 2 <= max_length <= self.encoder.max_length_limit:
+            raise ValueError(f"max_length={max_length} is out of range for {self.encoder.name!r}: its position table "
+                             f"allows 2..{self.encoder.max_length_limit} tokens.")
+        self.encoder.max_length = max_length
+        self.mteb_model_meta = model_meta(self.encoder)
+
     # -- routing ------------------------------------------------------------------------------------------------
     def route_subset(self, task_metadata, hf_subset):
         """The FLORES code of each language of a subset (None for an encoder that needs no routing), or
@@ -88,12 +97,15 @@ class MoLMTEBEncoder:
         codes = subset_languages(task_metadata, hf_subset)
         if not self.encoder.routes:
             return [None] * len(codes)
-        routed = [resolve_language_code(code, self.encoder.languages) for code in codes]
+        from mol_toolkit.languages import unresolved_reason
+
+        routed = [resolve_language_code(code, self.encoder.languages, macrolanguage="standard") for code in codes]
         unknown = [code for code, flores in zip(codes, routed) if flores is None]
         if unknown and self.default_language is None:
+            why = "; ".join(unresolved_reason(code, self.encoder.languages) for code in unknown)
             raise SubsetSkipped(
-                f"{task_metadata.name} subset {hf_subset!r} is in {unknown}, which the model does not know "
-                f"(its languages: {self.encoder.languages}); pass a default language to route it there."
+                f"{task_metadata.name} subset {hf_subset!r} is in {unknown}, which the model does not know ({why}; "
+                f"its languages: {self.encoder.languages}); pass a default language to route it there."
             )
         return [flores or self.default_language for flores in routed]
 
@@ -133,7 +145,7 @@ class MoLMTEBEncoder:
     def _knows(self, code):
         from mol_toolkit.languages import resolve_language_code
 
-        return resolve_language_code(code, self.encoder.languages) is not None
+        return resolve_language_code(code, self.encoder.languages, macrolanguage="standard") is not None
 
     def similarity(self, embeddings1, embeddings2):
         from mteb.similarity_functions import cos_sim

@@ -13,13 +13,34 @@ def fmt(value):
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
 
 
+DIFFERENT_MARK = " (own language set)"
+
+
+def model_title(summary, name):
+    """A model's name in every table: marked when the models of the comparison were scored on different subsets."""
+    return name if summary["comparison"]["same_languages"] else name + DIFFERENT_MARK
+
+
+def language_set_line(summary):
+    comparison = summary["comparison"]
+    line = (f"Language set: {comparison['language_set']} ({comparison['rule']}); {len(comparison['languages'])} "
+            f"languages; every text cut at {comparison['max_length']} tokens for every model.")
+    if not comparison["same_languages"]:
+        line += (" WARNING: the models were scored on DIFFERENT subsets (--allow-different-languages); their averages "
+                 "are not comparable.")
+    return line
+
+
 def overview_rows(summary):
-    """One row per model: Table 4 (average and families) and Table 5 (low / high resource)."""
-    header = ["model", "Average", *(FAMILY_TITLES[f] for f in FAMILY_ORDER), "Low Resource", "High Resource"]
+    """One row per model: Table 4 (average and families) and Table 5 (low / high resource), with the number of
+    languages and subsets each average is over."""
+    header = ["model", "Average", *(FAMILY_TITLES[f] for f in FAMILY_ORDER), "Low Resource", "High Resource",
+              "Languages", "Subsets"]
     rows = []
     for name, model in summary["models"].items():
-        rows.append([name, model["average"], *(model["families"].get(f) for f in FAMILY_ORDER),
-                     model["resource"]["low"], model["resource"]["high"]])
+        rows.append([model_title(summary, name), model["average"], *(model["families"].get(f) for f in FAMILY_ORDER),
+                     model["resource"]["low"], model["resource"]["high"], str(len(model["languages"])),
+                     str(len(model["scores"]))])
     return header, rows
 
 
@@ -27,7 +48,7 @@ def language_rows(summary):
     """One row per language (Table 12): its resource level and each model's score."""
     names = list(summary["models"])
     languages = sorted({lang for model in summary["models"].values() for lang in model["languages"]})
-    header = ["language", "resource", *names]
+    header = ["language", "resource", *(model_title(summary, n) for n in names)]
     rows = [[lang, resource_level(lang) or "", *(summary["models"][n]["languages"].get(lang) for n in names)]
             for lang in languages]
     return header, rows
@@ -55,10 +76,11 @@ def write_report(summary, output_dir):
     skipped = [f"- {model} / {task} / {subset}: {reason}" for model, entry in summary["models"].items()
                for task, subsets in entry["skipped"].items() for subset, reason in subsets.items()]
     text = [
-        "# MTEB results", "",
+        "# MTEB results", "", language_set_line(summary), "",
         "Scores x100: per language the mean over a family's datasets, then the mean over languages, then the mean "
         "of the three families (Mixture of Languages, Section 3.2); low/high resource by NLLB's levels (Table 5).",
         "", markdown_table(*overview), "", "## Per language (Table 12)", "", markdown_table(*languages), "",
+        "## Language set", "", *subset_lines(summary), "",
         "## Routing", "", summary["routing_rule"], "",
     ]
     if skipped:
@@ -66,6 +88,22 @@ def write_report(summary, output_dir):
     (output_dir / "results.md").write_text("\n".join(text), encoding="utf-8")
     plot_families(summary, output_dir / "families.png")
     plot_languages(summary, output_dir / "languages.png")
+
+
+def subset_lines(summary):
+    """Per task, the subsets scored (per model when they differ)."""
+    comparison = summary["comparison"]
+    if comparison["same_languages"]:
+        return [f"- {task}: {', '.join(subsets) or 'none'}" for task, subsets in comparison["subsets"].items()]
+    return [f"- {model} / {task}: {', '.join(subsets) or 'none'}"
+            for model, tasks in comparison["subsets_by_model"].items() for task, subsets in tasks.items()]
+
+
+def plot_title(summary):
+    comparison = summary["comparison"]
+    title = (f"language set {comparison['language_set']} ({len(comparison['languages'])} languages), max length "
+             f"{comparison['max_length']}")
+    return title if comparison["same_languages"] else title + ": DIFFERENT subsets per model"
 
 
 def plot_families(summary, path):
@@ -86,7 +124,8 @@ def plot_families(summary, path):
     ax.set_xticks(np.arange(len(columns)) + width * (len(names) - 1) / 2)
     ax.set_xticklabels(["Average", *(FAMILY_TITLES[c] for c in FAMILY_ORDER)])
     ax.set_ylabel("score (x100)")
-    ax.legend(fontsize="small")
+    ax.set_title(plot_title(summary), fontsize="small")
+    ax.legend([model_title(summary, n) for n in names], fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -108,6 +147,7 @@ def plot_languages(summary, path):
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize="small")
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([f"{row[0]} ({row[1]})" if row[1] else row[0] for row in rows], fontsize="small")
+    ax.set_title(plot_title(summary), fontsize="small")
     fig.colorbar(image, ax=ax, label="score (x100)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

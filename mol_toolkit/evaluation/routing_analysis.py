@@ -24,9 +24,16 @@ from .lid_probe import flores_plus_source, udhr_sources
 
 
 FIGURE4_LANGUAGES = ["eng_Latn", "fra_Latn", "khm_Khmr"]  # highest, high and low resource in the paper
+# Section 5.1: the histogram is taken "during the evaluation on the MassiveIntentClassification MTEB dataset";
+# Table 7: the loss on FLORES in every language of the model, the accuracy on MassiveIntent in English.
+MASSIVE_INTENT = {"mteb_task": "MassiveIntentClassification", "split": "test"}
 PRESETS = {
-    # The paper's setting: FLORES-200 devtest (FLORES+ on the Hub, gated), 500 batches.
-    "paper": {"data": flores_plus_source("devtest"), "batches": 500},
+    # The paper's setting: the histogram from MassiveIntent test sentences (English, French; Khmer where the model has
+    # it), 500 batches; the MLM loss on FLORES-200 devtest (FLORES+ on the Hub, gated); MTEB: MassiveIntent, English.
+    "paper": {"data": flores_plus_source("devtest"), "batches": 500, "histogram_data": MASSIVE_INTENT,
+              "mteb_tasks": "MassiveIntentClassification", "mteb_languages": "eng_Latn"},
+    # A labelled variant: the histogram from FLORES-200 devtest too (every language of the model), 500 batches.
+    "paper-flores": {"data": flores_plus_source("devtest"), "batches": 500},
     # The shipped UDHR sample's devtest split, offline.
     "udhr": {"data": udhr_sources("devtest"), "batches": 50},
 }
@@ -175,6 +182,10 @@ def write_outputs(out, result, figure_languages):
         cell = f" {result['mteb'][routing]:.2f} |" if result.get("mteb") and result["mteb"][routing] is not None else \
             (" n/a |" if result.get("mteb") else "")
         table.append(f"| {routing} | {result['mean_loss'][routing]:.4f} |{cell}")
+    if result.get("mteb"):
+        table += ["", f"MTEB: {result['mteb_tasks']} on {result['mteb_languages']}."]
+    table += [f"Histogram: {result['histogram_data']}, languages {result['histogram_languages']}."]
+    table += [f"Note: {note}." for note in result["notes"]]
     table += ["", "| language | learned | random |", "|---|---|---|"]
     table += [f"| {code} | {pair['learned']:.4f} | {pair['random']:.4f} |" for code, pair in losses.items()]
     (out / "learned_vs_random.md").write_text("\n".join(table) + "\n", encoding="utf-8")
@@ -220,6 +231,38 @@ def figure_languages(codes, requested=None):
     return paper if paper else list(codes[:3])
 
 
+def missing_figure_languages(codes):
+    """A note for each of Figure 4's languages the model does not have (Khmer is not among the 30 of Table 8)."""
+    return [f"{code} (a Figure 4 panel) is not among the model's languages: not analysed (the paper's MoE baselines "
+            "are trained on the 30 languages of Table 8, which do not include Khmer)"
+            for code in FIGURE4_LANGUAGES if code not in codes]
+
+
+def mteb_task_texts(spec, codes, max_sentences=None):
+    """code -> the sentences of an mteb task's subset in that language (`spec`: mteb_task, split), loaded by mteb
+    itself from the task's pinned dataset revision."""
+    import copy
+
+    from mol_toolkit.languages import resolve_language_code
+
+    from .mteb_encoder import subset_languages
+    from .tasks import resolve_tasks
+
+    [task] = resolve_tasks([spec["mteb_task"]])
+    subsets = {}
+    for code in codes:
+        matching = [subset for subset in task.hf_subsets if len(subset_languages(task.metadata, subset)) == 1 and
+                    resolve_language_code(subset_languages(task.metadata, subset)[0], [code],
+                                          macrolanguage="standard") == code]
+        if not matching:
+            raise ValueError(f"{spec['mteb_task']} has no subset in {code}: its subsets are {task.hf_subsets}.")
+        subsets[code] = matching[0]
+    task = copy.copy(task).filter_languages(None, hf_subsets=list(subsets.values()))
+    task.load_data()
+    texts = {code: list(task.dataset[subset][spec["split"]]["text"]) for code, subset in subsets.items()}
+    return {code: values[:max_sentences] if max_sentences else values for code, values in texts.items()}
+
+
 def check_positive(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
@@ -263,39 +306,61 @@ def analyse(model_source, output_dir, *, preset="udhr", data=None, languages=Non
         from .tasks import resolve_tasks
 
         resolve_tasks(mteb_tasks)  # unknown tasks fail now, not after the analysis
-    texts = read_probe_texts(data if data is not None else PRESETS[preset]["data"], codes, "devtest data",
-                             max_sentences)
+    settings = PRESETS[preset]
+    mteb_languages = None
+    if mteb_tasks is None and "mteb_tasks" in settings:
+        mteb_tasks, mteb_languages = settings["mteb_tasks"], settings["mteb_languages"]
+        check_languages(resolve_languages(mteb_languages), model)
+    histogram_data = settings.get("histogram_data")
+    notes = missing_figure_languages(codes) if preset != "udhr" else []
+    texts = read_probe_texts(data if data is not None else settings["data"], codes, "devtest data", max_sentences)
     tokenized = {code: tokenizer(texts[code], truncation=True, max_length=max_length)["input_ids"] for code in codes}
+    if histogram_data is None:
+        histogram_tokens = tokenized
+    else:  # the paper's histogram: the figure's languages, on the task's sentences
+        histogram_texts = mteb_task_texts(histogram_data, panels, max_sentences)
+        histogram_tokens = {code: tokenizer(histogram_texts[code], truncation=True, max_length=max_length)["input_ids"]
+                            for code in panels}
     masked = masked_devtest(tokenized, tokenizer, model, batch_size)
-    total = batches * len(codes) + 2 * sum(len(b) for b in masked.values())
+    total = batches * len(histogram_tokens) + 2 * sum(len(b) for b in masked.values())
     with tqdm(total=total, desc="Routing analysis", unit="batch", disable=not show_progress) as progress:
-        load = expert_histogram(model, tokenized, batches, batch_size, seed, tokenizer.pad_token_id, progress)
+        load = expert_histogram(model, histogram_tokens, batches, batch_size, seed, tokenizer.pad_token_id, progress)
         losses = learned_vs_random(model, masked, seed, progress)
     rows = histogram_rows(load)
+    for note in notes:
+        log(f"note: {note}")
     result = {
-        "model": model_source, "routing": model.config.routing, "num_experts": model.config.num_experts,
-        "routed_blocks": list(model.config.group_layers), "languages": codes, "batches": batches,
-        "batch_size": batch_size, "seed": seed, "max_length": max_length,
-        "data": data if data is not None else PRESETS[preset]["data"], "histogram": rows,
+        "model": model_source, "preset": preset, "routing": model.config.routing,
+        "num_experts": model.config.num_experts, "routed_blocks": list(model.config.group_layers), "languages": codes,
+        "batches": batches, "batch_size": batch_size, "seed": seed, "max_length": max_length,
+        "data": data if data is not None else settings["data"],
+        "histogram_data": histogram_data or "the devtest data (the MLM loss's)",
+        "histogram_languages": list(histogram_tokens), "notes": notes, "histogram": rows,
         "collapsed_languages": collapsed_languages(rows), "learned_vs_random": losses,
         "mean_loss": {routing: float(np.mean([pair[routing] for pair in losses.values()]))
                       for routing in ("learned", "random")},
     }
     if mteb_tasks:
         result["mteb"] = mteb_learned_vs_random(model_source, mteb_tasks, out, seed, device, dtype, batch_size,
-                                                show_progress, log)
+                                                show_progress, log, languages=mteb_languages)
+        result["mteb_tasks"] = mteb_tasks if isinstance(mteb_tasks, str) else [
+            t if isinstance(t, str) else t.metadata.name for t in mteb_tasks]
+        result["mteb_languages"] = mteb_languages or "every subset the model can be routed on"
     write_outputs(out, result, panels)
     return result
 
 
-def mteb_learned_vs_random(model_source, tasks, out, seed, device, dtype, batch_size, show_progress, log):
+def mteb_learned_vs_random(model_source, tasks, out, seed, device, dtype, batch_size, show_progress, log,
+                           languages=None):
     """MTEB averages (the papers' aggregation) with the learned router and with random experts, each in its own
-    evaluation folder (mteb-learned/, mteb-random/), through `evaluate_mol.py mteb`'s machinery."""
+    evaluation folder (mteb-learned/, mteb-random/), through `evaluate_mol.py mteb`'s machinery; `languages`
+    restricts the subsets (Table 7: English)."""
     from .run import evaluate_models
 
     averages = {}
     for routing, routing_seed in (("learned", None), ("random", seed)):
-        summary = evaluate_models([model_source], tasks, out / f"mteb-{routing}", show_progress=show_progress,
+        summary = evaluate_models([model_source], tasks, out / f"mteb-{routing}", languages=languages,
+                                  show_progress=show_progress,
                                   log=log, device=str(device), dtype=dtype, batch_size=batch_size,
                                   random_routing_seed=routing_seed)
         (model,) = summary["models"].values()

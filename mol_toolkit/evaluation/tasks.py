@@ -81,6 +81,13 @@ class TaskPlan:
     def name(self):
         return self.task.metadata.name
 
+    def restrict(self):
+        """Make the task evaluate only the kept subsets (a copy of the original: the same task object may be
+        planned for several models)."""
+        self.original = getattr(self, "original", self.task)
+        if self.routes:
+            self.task = copy.copy(self.original).filter_languages(None, hf_subsets=list(self.routes))
+
 
 def plan_task(task, encoder, languages=None, required=False):
     """Restrict `task` to the subsets `encoder` can route (and, when given, to subsets whose every language is in
@@ -96,13 +103,13 @@ def plan_task(task, encoder, languages=None, required=False):
     if languages is not None:
         for subset in list(routes):
             codes = subset_languages(task.metadata, subset)
-            flores = [resolve_language_code(code, languages) for code in codes]
+            flores = [resolve_language_code(code, languages, macrolanguage="standard") for code in codes]
             if None in flores:
                 skipped[subset] = f"not in the requested languages {languages}"
                 del routes[subset]
-    if routes:  # a copy: the same task object may be planned for several models
-        task = copy.copy(task).filter_languages(None, hf_subsets=list(routes))
-    return TaskPlan(task=task, routes=routes, skipped=skipped)
+    plan = TaskPlan(task=task, routes=routes, skipped=skipped)
+    plan.restrict()
+    return plan
 
 
 def no_language_error(task, encoder):
