@@ -74,7 +74,9 @@ def add_lid_probe_arguments(parser):
                         "id or any transformers encoder.")
     parser.add_argument("--preset", choices=["udhr", "paper"], default="udhr",
                         help="udhr (default): the shipped UDHR sample's train and devtest splits, offline; paper: "
-                        "FLORES-200 dev to fit and devtest to score (FLORES+ on the Hub, gated), 92.3%%, mol-90.")
+                        "Section 3.5's study: the 30 languages of Table 8 (mol-30) on the 30-language dense baseline, "
+                        "FLORES-200 devtest to score, 92.3%%; fitted on FLORES-200 dev with a logistic regression "
+                        "(the project's choices: the paper states neither) (FLORES+ on the Hub, gated).")
     parser.add_argument("--languages", help="A preset (mol-30, mol-90, interference-83) or comma-separated codes "
                         "(default: the preset's; for udhr, the model's languages or the tiny demo's six).")
     parser.add_argument("--train-data", help="The split the classifiers are fitted on: a path or a mapping as in "
@@ -191,11 +193,21 @@ def run_lid_probe(args):
              for split, source in sources.items()}
     accuracy, seconds = lid_probe.run_probe(encoder, codes, texts["train"], texts["test"])
     group_layers, layout = lid_probe.choose_group_layers(accuracy, threshold)
-    result = lid_probe.ProbeResult(codes, accuracy, threshold, group_layers, layout, seconds)
+    choices = dict(preset["choices"])
+    if args.languages:
+        choices["languages"] = "given with --languages"
+    for split in ("train", "test"):
+        if getattr(args, f"{split}_data"):
+            choices[f"{split}_data"] = f"given with --{split}-data"
+    if args.threshold is not None:
+        choices["threshold"] = "given with --threshold"
+    result = lid_probe.ProbeResult(codes, accuracy, threshold, group_layers, layout, seconds, args.preset, choices)
     lid_probe.write_outputs(result, out, encoder.config.num_hidden_layers, args.base_config)
     print(f"One forward pass per sentence for all {len(accuracy)} layer outputs: {seconds['sentences']} sentences in "
           f"{seconds['forward']:.1f} s; {len(accuracy)} classifiers in {seconds['classifiers']:.1f} s.")
     print("LID accuracy per layer output (emb, then blocks 0..): " + " ".join(f"{a:.3f}" for a in accuracy))
+    for what, choice in choices.items():
+        print(f"  {what}: {choice}")
     print(f"Group-specific blocks at >= {threshold:.3f}: {group_layers or 'none'} (layout {layout}). "
           f"Wrote {out / 'lid_probe.json'}, lid_probe.png, lid_probe.yaml.")
 

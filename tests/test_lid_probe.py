@@ -168,3 +168,21 @@ def test_a_model_with_group_blocks_is_probed_with_a_warning(bundles, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "warning:" in result.stderr and "the paper probes the dense baseline" in result.stderr
     assert len(json.loads((tmp_path / "out" / "lid_probe.json").read_text())["accuracy"]) == 4
+
+
+def test_the_paper_preset_is_section_3_5s_study_and_every_choice_is_labelled(bundles, tmp_path):
+    from mol_toolkit.evaluation.lid_probe import PRESETS
+    from mol_toolkit.languages import PAPER_GROUPS_30, resolve_languages
+
+    paper = PRESETS["paper"]
+    assert sorted(resolve_languages(paper["languages"])) == sorted(c for g in PAPER_GROUPS_30.values() for c in g)
+    assert paper["choices"]["classifier"].startswith("the project's choice")
+    assert paper["choices"]["train_data"].startswith("the project's choice")
+    assert "dense baseline" in paper["choices"]["model"] and paper["choices"]["threshold"].startswith("the paper's")
+    result = run(PROBE + ["--model", str(bundles["dense"]), "--languages", FOUR, "--output-dir", str(tmp_path / "out"),
+                          "--no-progress"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "lid_probe.json").read_text())
+    assert report["preset"] == "udhr" and report["choices"]["languages"] == "given with --languages"
+    assert report["choices"]["classifier"].startswith("the project's choice")
+    assert "classifier: the project's choice" in result.stdout
