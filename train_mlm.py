@@ -114,9 +114,17 @@ def print_dry_run(plan):
         routing = (f"{len(plan['languages'])} languages; {plan['num_experts']} experts per routed block, learned "
                    f"{plan['routing']}-level top-1 routing; routed blocks {plan['group_layers']}")
     print(f"Model: {plan['parameters']:,} parameters, {plan['active_parameters']:,} active per sentence; {routing}.")
-    print(f"Batch: {plan['sentences_per_device']} sentences per device x {plan['world_size']} process(es) x "
-          f"{plan['gradient_accumulation_steps']} accumulation step(s) = {plan['global_batch']} per step; "
-          f"{plan['max_steps']} steps.")
+    pinned = " (pinned by the preset: global_batch_size)" if plan["global_batch_pinned"] else ""
+    print(f"Global batch: {plan['global_batch']} sentences per step{pinned} = {plan['sentences_per_device']} "
+          f"sentences per device x {plan['world_size']} process(es) x {plan['gradient_accumulation_steps']} "
+          f"accumulation step(s); {plan['max_steps']} steps.")
+    epochs = plan["epochs"]
+    if epochs["known"]:
+        print("Epochs per language: " + ", ".join(f"{code} {value:.2f}" for code, value in epochs["per_language"].items()))
+    else:
+        print(f"Epochs per language: {epochs['rule']}.")
+    if plan["routing"] == "language":
+        print(f"Group-specific block indices (0 = the block next to the embeddings): {plan['group_layers'] or 'none'}.")
     for role in ("train_data", "devtest_data"):
         for code, source in plan[role].items():
             print(f"{role} {code}: {json.dumps(source)}")

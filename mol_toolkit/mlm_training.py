@@ -163,18 +163,73 @@ def dry_run(config, world_size=1):
     with torch.device("meta"):
         model = MoLForMaskedLM(mol_config)
     total, active = parameter_counts(model)
-    accumulation = accumulation_steps(config, world_size)
+    per_device, accumulation = batch_plan(config, world_size)
     train = per_language_sources(config.train_data, codes, "train_data", config.train_data_overrides)
     devtest = per_language_sources(config.devtest_data, codes, "devtest_data")
+    global_batch = per_device * world_size * accumulation
     return {
         "languages": codes, "language_groups": groups, "group_layers": mol_config.group_layers,
         "routing": mol_config.routing, "num_experts": mol_config.num_experts,
         "parameters": total, "active_parameters": active, "world_size": world_size,
-        "sentences_per_device": config.sentences_per_device, "gradient_accumulation_steps": accumulation,
-        "global_batch": config.sentences_per_device * world_size * accumulation, "max_steps": config.max_steps,
+        "sentences_per_device": per_device, "gradient_accumulation_steps": accumulation,
+        "global_batch": global_batch, "global_batch_pinned": config.sentences_per_device == "auto",
+        "max_steps": config.max_steps, "sampling": config.sampling,
+        "epochs": dry_run_epochs(config, codes, train, global_batch),
         "train_data": {code: mlm_data.describe_source(train[code], config.max_sentences) for code in codes},
         "devtest_data": {code: mlm_data.describe_source(devtest[code], config.eval_sentences) for code in codes},
     }
+
+
+def data_amounts(config, codes, sizes):
+    """Every language's training sentences against the floor (min_sentences) and the cap (max_sentences): what
+    results.json and the card list."""
+    return {code: {"sentences": int(n), "min_sentences": config.min_sentences, "max_sentences": config.max_sentences,
+                   "below_floor": config.min_sentences is not None and n < config.min_sentences,
+                   "capped": config.max_sentences is not None and n >= config.max_sentences}
+            for code, n in zip(codes, sizes)}
+
+
+def check_data_amounts(config, amounts):
+    """The papers' data rules, refused unless the config says otherwise: the Mixture of Languages paper's floor
+    (Section 3.1: at least 5M sentences, topped up from NLLB's synthetic data) and the Interference Matrix paper's
+    equal amount per language."""
+    below = {code: row["sentences"] for code, row in amounts.items() if row["below_floor"]}
+    if below and not config.allow_below_min_sentences:
+        raise ValueError(
+            f"{len(below)} language(s) have fewer training sentences than min_sentences={config.min_sentences} after "
+            f"any top-up: {below}. The paper tops languages under its floor up with NLLB's synthetic data: give "
+            "supplementary_data (supplementary_corpus for prepare-data), lower min_sentences, or set "
+            "allow_below_min_sentences: true (the run is then not the paper's; results.json and the card say so)."
+        )
+    if config.equal_sentences:
+        unequal = {code: row["sentences"] for code, row in amounts.items() if row["sentences"] != config.max_sentences}
+        if unequal:
+            raise ValueError(
+                f"equal_sentences: every language must have max_sentences={config.max_sentences} training sentences "
+                f"(the Interference Matrix paper's equal data), and {unequal} differ: give more data, lower "
+                "max_sentences, or set equal_sentences: false."
+            )
+
+
+def dry_run_epochs(config, codes, train_sources, global_batch):
+    """Epochs per language the steps give, where the sentence counts are known without reading the data (the
+    counts.json that prepare-data writes beside the training files); else how they follow once the data is read."""
+    from mol_toolkit.data_preparation import COUNTS
+
+    counts = {}
+    for code in codes:
+        path = train_sources[code].get("path")
+        counts_file = Path(os.path.expanduser(path)).parent / COUNTS if path else None
+        if counts_file is not None and counts_file.is_file():
+            counts.update({k: v for k, v in json.loads(counts_file.read_text(encoding="utf-8")).items() if k == code})
+    if set(counts) != set(codes):
+        rule = ("the same for every language: steps x global batch / all sentences" if config.sampling == "proportional"
+                else "steps x global batch x p_l / n_l")
+        return {"known": False, "rule": f"unknown until the data is read ({config.sampling} sampling: {rule})"}
+    sizes = [counts[code] for code in codes]
+    probabilities = mlm_data.language_probabilities(sizes, config.sampling, config.sampling_temperature)
+    return {"known": True, "per_language": {code: float(config.max_steps * global_batch * p / max(1, n))
+                                            for code, p, n in zip(codes, probabilities, sizes)}}
 
 
 class RunData:
@@ -246,7 +301,7 @@ class MLMTrainer:
         self.is_main = context.is_main
         self.device = context.device
         self.strategy = resolve_strategy(config.strategy, context)
-        self.accumulation = accumulation_steps(config, context.world_size)
+        self.sentences_per_device, self.accumulation = batch_plan(config, context.world_size)
         self.show_progress = show_progress
         self.threads, why = choose_threads(config.threads, context)
         torch.set_num_threads(self.threads)
@@ -273,7 +328,9 @@ class MLMTrainer:
             if context.is_main:
                 mlm_data.remove_dead_partials(config.cache_dir)  # a killed run's half-written tokenizations
             self.data = RunData(config, self.tokenizer, self.codes)
-        global_batch, sentences = config.sentences_per_device * context.world_size * self.accumulation, sum(self.data.sizes())
+        self.data_amounts = data_amounts(config, self.codes, self.data.sizes())
+        check_data_amounts(config, self.data_amounts)  # before anything is written
+        global_batch, sentences = self.sentences_per_device * context.world_size * self.accumulation, sum(self.data.sizes())
         self.epochs = config.max_steps * global_batch / max(1, sentences)
         if self.is_main and show_progress:
             print(f"{config.max_steps} steps x {global_batch} sentences = {self.epochs:.2f} epochs of the "
@@ -339,7 +396,7 @@ class MLMTrainer:
         sizes = self.data.sizes()
         return mlm_data.LanguageBatchSampler(
             sizes, mlm_data.language_probabilities(sizes, config.sampling, config.sampling_temperature),
-            config.sentences_per_device, self.context.world_size * self.accumulation, config.seed,
+            self.sentences_per_device, self.context.world_size * self.accumulation, config.seed,
             self.group_of_language)
 
     def sharding_report(self, model):
@@ -363,7 +420,7 @@ class MLMTrainer:
         """What a checkpoint must share with the run that resumes it."""
         return {"model": {k: v for k, v in self.model_config.to_dict().items()
                           if k not in ("transformers_version", "attn_implementation", "grouped_gemm_backend")},
-                "sentences_per_device": self.config.sentences_per_device, "world_size": self.context.world_size,
+                "sentences_per_device": self.sentences_per_device, "world_size": self.context.world_size,
                 "gradient_accumulation_steps": self.accumulation, "seed": self.config.seed,
                 **({"group_parallel": self.layout.to_dict()} if self.layout is not None else {})}
 
@@ -538,7 +595,7 @@ class MLMTrainer:
     def eval_batches(self):
         """Every language's masked devtest batches, built once: each evaluation of the run reuses them."""
         if self._eval_batches is None:
-            size = self.config.sentences_per_device
+            size = self.sentences_per_device
             self._eval_batches = [mlm_data.eval_batches(code, lang_id, devtest, self.data.masking, size)
                                   for lang_id, (code, devtest) in enumerate(zip(self.codes, self.data.devtest))]
         return self._eval_batches
@@ -597,7 +654,9 @@ class MLMTrainer:
         result = {"languages": self.codes, "language_groups": self.groups, "steps": config.max_steps,
                   "devtest_loss": devtest, "wall_time_s": time.perf_counter() - started, "seed": config.seed,
                   "compute_s": self.compute_seconds, "resumed_from_step": start,
-                  "gradient_accumulation_steps": self.accumulation, "epochs": self.epochs}
+                  "gradient_accumulation_steps": self.accumulation, "sentences_per_device": self.sentences_per_device,
+                  "global_batch": self.sentences_per_device * self.context.world_size * self.accumulation,
+                  "epochs": self.epochs, "data": self.data_amounts}
         if config.export or config.push_to_hub:
             export_dir, language_id = self.export(model, devtest)
             result["export_dir"] = str(export_dir)
@@ -649,7 +708,9 @@ class MLMTrainer:
         if self.is_main:
             plain = plain_model(state, self.model_config)
             scores = self.fit_language_identifier(plain)
-            card = render_model_card(self.config, plain.config, devtest, self.data.sizes(), scores)
+            card = render_model_card(self.config, plain.config, devtest, self.data.sizes(), scores,
+                                     batch={"sentences_per_device": self.sentences_per_device,
+                                            "world_size": self.context.world_size, "accumulation": self.accumulation})
             export_bundle(plain, self.tokenizer, target, card, self.config.push_to_hub)
         self.context.barrier()
         return target, scores
@@ -686,8 +747,34 @@ def masked_lm_loss(output, labels):
     return torch.nn.functional.cross_entropy(output.logits.float().reshape(-1, output.logits.shape[-1]), targets)
 
 
+def valid_world_sizes(global_batch, around, count=8):
+    """The process counts nearest `around` that split `global_batch` evenly."""
+    divisors = [n for n in range(1, min(global_batch, 16 * max(around, 64)) + 1) if global_batch % n == 0]
+    return sorted(sorted(divisors, key=lambda n: (abs(n - around), n))[:count])
+
+
+def batch_plan(config, world_size):
+    """(sentences per device in one micro-batch, micro-batches per optimizer step). With sentences_per_device
+    'auto' (the paper presets) the global batch is pinned: each device takes global_batch_size / processes
+    sentences per step, in the fewest micro-batches of at most max_sentences_per_device."""
+    if config.sentences_per_device != "auto":
+        return config.sentences_per_device, accumulation_steps(config, world_size)
+    total = config.global_batch_size
+    if total % world_size:
+        raise ValueError(
+            f"global_batch_size={total} cannot be split evenly over {world_size} processes: the process counts near "
+            f"it that can are {valid_world_sizes(total, world_size)} (every divisor of {total} can)."
+        )
+    per_device = total // world_size
+    accumulation = next(a for a in range(1, per_device + 1)
+                        if per_device % a == 0 and per_device // a <= config.max_sentences_per_device)
+    return per_device // accumulation, accumulation
+
+
 def accumulation_steps(config, world_size):
     """Micro-batches per optimizer step: the config's, or what its global_batch_size gives for this world size."""
+    if config.sentences_per_device == "auto":
+        return batch_plan(config, world_size)[1]
     if config.global_batch_size is None:
         return config.gradient_accumulation_steps
     per_step = config.sentences_per_device * world_size

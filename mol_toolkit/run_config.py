@@ -79,12 +79,28 @@ class RunConfig:
     devtest_corpus: object = _key(None, "prepare-data: the devtest text (FLORES+ in the paper presets; '{flores_plus}' "
                                   "is a code's FLORES+ name); written into the devtest_data files.", "data")
     max_sentences: object = _key(25_000_000, "At most this many sentences per language (null: no cap).", "data")
-    min_sentences: object = _key(5_000_000, "Languages under this are topped up from supplementary_data.", "data")
-    deduplicate: bool = _key(True, "Drop exact repeats of a sentence within a language.", "data")
+    min_sentences: object = _key(5_000_000, "The floor: languages under it are topped up from supplementary_data; a "
+                                 "language still under it is an error before training unless "
+                                 "allow_below_min_sentences (null: no floor).", "data")
+    allow_below_min_sentences: bool = _key(False, "Train languages that stay under min_sentences after any top-up "
+                                           "(the run is then not the paper's; results.json and the card say so).",
+                                           "data")
+    equal_sentences: bool = _key(False, "Every language must have exactly max_sentences sentences (the Interference "
+                                 "Matrix paper's equal data: 1M per language in its Section 3.1, 20M in Section 5); "
+                                 "a language with fewer is an error before training (false allows unequal amounts).",
+                                 "data")
+    deduplicate: bool = _key(True, "Drop exact repeats of a sentence within a language (neither paper says it "
+                             "deduplicates: the project's choice).", "data")
     max_length: int = _key(256, "Tokens per sentence, special tokens included (longer ones are truncated).", "data")
-    sampling: str = _key("temperature", "Language sampling: proportional or temperature.", "data")
+    sampling: str = _key("proportional", "Language sampling: proportional (the papers': every sentence equally "
+                         "likely) or temperature (the project's alternative, XLM-R's).", "data")
     sampling_temperature: float = _key(3.0, "T in p_l ~ n_l^(1/T) for temperature sampling.", "data")
-    sentences_per_device: int = _key(1200, "Sentences per batch on each device (the paper: 1200).", "data")
+    sentences_per_device: object = _key(1200, "Sentences per batch on each device (the paper: 1200), or auto: "
+                                        "global_batch_size / processes per step, in the fewest micro-batches of at "
+                                        "most max_sentences_per_device (the paper presets: the global batch is "
+                                        "pinned on any number of processes).", "data")
+    max_sentences_per_device: int = _key(1200, "With sentences_per_device auto: the most sentences one device takes "
+                                         "in one micro-batch (the paper: 1200 per A100 80GB).", "data")
     mlm_probability: float = _key(0.15, "Share of tokens selected for MLM (80% <mask>, 10% random, 10% kept).", "data")
     cache_dir: str = _key("~/.cache/mol/tokenized", "Where each language's tokenized data is cached and reused "
                           "across runs.", "data")
@@ -99,7 +115,10 @@ class RunConfig:
     adam_betas: list = _list_key([0.9, 0.98], "AdamW betas.", "optimisation")
     adam_epsilon: float = _key(1e-6, "AdamW epsilon.", "optimisation")
     max_grad_norm: float = _key(1.0, "Gradient clipping norm (0 disables).", "optimisation")
-    mixed_precision: str = _key("bf16", "bf16 (compute in bf16, reduce in fp32) or no.", "optimisation")
+    mixed_precision: str = _key("bf16", "bf16 (compute in bf16, reduce in fp32: Mixture of Languages Section 3.1, "
+                                "Interference Matrix Section 5) or no. The Interference Matrix paper's Section 3.1 "
+                                "runs used fp32/fp16 (its Section 5 says 'instead of fp32/fp16'); fp16 is not offered "
+                                "yet, so its presets use bf16 (a departure, stated there).", "optimisation")
     gradient_accumulation_steps: int = _key(1, "Micro-batches per optimizer step: the global batch is "
                                             "sentences_per_device x processes x this.", "optimisation")
     global_batch_size: object = _key(None, "Sentences per optimizer step over all processes; when set, "
@@ -154,6 +173,13 @@ class RunConfig:
             check(name, getattr(self, name))
         if self.min_sentences is not None and self.max_sentences is not None and self.min_sentences > self.max_sentences:
             raise ValueError(f"min_sentences={self.min_sentences} exceeds max_sentences={self.max_sentences}.")
+        if self.sentences_per_device == "auto" and self.global_batch_size is None:
+            raise ValueError("sentences_per_device=auto follows from global_batch_size, which is not set: set "
+                             "global_batch_size (the paper: 38400 for 30 languages, 153600 for 90) or an integer "
+                             "sentences_per_device.")
+        if self.equal_sentences and self.max_sentences is None:
+            raise ValueError("equal_sentences=true needs max_sentences, the amount every language must have (the "
+                             "Interference Matrix paper: 1000000).")
         if self.languages is None:
             raise ValueError("languages is not set: give a preset (mol-30, mol-90, interference-83) or a list of codes.")
         if self.train_data is None and not self.train_data_overrides:
@@ -308,7 +334,10 @@ CHECKS = {
     "max_length": integer(3),  # <s>, </s> and at least one token
     "sampling": one_of(SAMPLING),
     "sampling_temperature": real(0, low_open=True),
-    "sentences_per_device": integer(1),
+    "sentences_per_device": lambda name, value: None if value == "auto" else integer(1)(name, value),
+    "max_sentences_per_device": integer(1),
+    "allow_below_min_sentences": boolean,
+    "equal_sentences": boolean,
     "mlm_probability": real(0, 1, low_open=True, high_open=True),
     "cache_dir": text(),
     "eval_sentences": integer(1, optional=True),

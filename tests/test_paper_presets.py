@@ -130,3 +130,68 @@ def test_bad_swaps_in_a_run_config_are_refused_before_any_work(overrides, messag
     monkeypatch.chdir(PROJECT)
     with pytest.raises(ValueError, match=message):
         dry_run(load_run_config(CONFIGS / "mol30_stacked.yaml", overrides))
+
+
+# -- the papers' global batch, pinned on any number of processes ------------------------------------------------------
+
+GLOBAL_BATCH = {"mol30_lid": 38400, "mol30_stacked": 38400, "dense30": 38400, "moe30_token": 38400,
+                "language_specific30": 38400, "swaps/table1_script_heb_dan": 38400,
+                "mol90_lid": 153600, "mol90_stacked": 153600, "dense90": 153600}
+
+
+@pytest.mark.parametrize("name", sorted(GLOBAL_BATCH))
+@pytest.mark.parametrize("processes", [8, 32, 128])
+def test_paper_presets_pin_the_global_batch_on_any_cluster(name, processes, monkeypatch):
+    monkeypatch.chdir(PROJECT)
+    plan = dry_run(load_run_config(CONFIGS / f"{name}.yaml"), world_size=processes)
+    assert plan["global_batch"] == GLOBAL_BATCH[name] and plan["global_batch_pinned"]
+    assert plan["sentences_per_device"] <= 1200  # the paper's per-GPU batch, never more
+    assert plan["sentences_per_device"] * processes * plan["gradient_accumulation_steps"] == GLOBAL_BATCH[name]
+    if processes * 1200 == GLOBAL_BATCH[name]:  # the paper's own cluster: 1200 per GPU, no accumulation
+        assert (plan["sentences_per_device"], plan["gradient_accumulation_steps"]) == (1200, 1)
+
+
+def test_a_world_size_that_cannot_make_the_global_batch_is_refused_naming_the_sizes_that_can():
+    from mol_toolkit.mlm_training import batch_plan
+
+    config = load_run_config(CONFIGS / "mol30_lid.yaml")
+    with pytest.raises(ValueError, match=r"global_batch_size=38400 cannot be split evenly over 7 processes.*\[.*6, 8"):
+        batch_plan(config, 7)
+    with pytest.raises(ValueError, match="sentences_per_device=auto follows from global_batch_size"):
+        load_run_config(CONFIGS / "mol30_lid.yaml", {"global_batch_size": None})
+
+
+@pytest.mark.parametrize("processes", ["8", "32", "128"])
+def test_the_dry_run_prints_global_batch_steps_epochs_and_group_blocks(processes, tmp_path):
+    result = subprocess.run([sys.executable, str(PROJECT / "train_mlm.py"), "--config", str(CONFIGS / "mol30_lid.yaml"),
+                             "--dry-run"], cwd=PROJECT, capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "WORLD_SIZE": processes, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Global batch: 38400 sentences per step (pinned by the preset" in result.stdout
+    assert f"x {processes} process(es)" in result.stdout and "26000 steps" in result.stdout
+    assert "Epochs per language: unknown until the data is read (proportional sampling" in result.stdout
+    assert ("Group-specific block indices (0 = the block next to the embeddings): "
+            "[0, 1, 2, 3, 4, 5, 15, 16, 17, 18, 19, 20, 21, 22, 23]") in result.stdout
+
+
+def test_the_dry_run_gives_epochs_per_language_from_prepared_counts(tmp_path, monkeypatch):
+    monkeypatch.chdir(PROJECT)
+    data = tmp_path / "nllb"
+    data.mkdir()
+    (data / "counts.json").write_text(json.dumps({"eng_Latn": 1000, "fra_Latn": 3000}))
+    config = load_run_config(CONFIGS / "mol30_lid.yaml", {"languages": ["eng_Latn", "fra_Latn"], "language_groups":
+                             "single", "train_data": str(data / "{lang}.jsonl"), "max_steps": 10})
+    epochs = dry_run(config, world_size=32)["epochs"]
+    assert epochs["known"] and epochs["per_language"] == {"eng_Latn": pytest.approx(10 * 38400 / 4000),
+                                                          "fra_Latn": pytest.approx(10 * 38400 / 4000)}
+
+
+def test_paper_presets_sample_proportionally_and_name_deduplication_a_choice():
+    from mol_toolkit.run_config import KEYS, RunConfig
+
+    assert RunConfig.__dataclass_fields__["sampling"].default == "proportional"  # a config that sets none
+    assert "the project's choice" in KEYS["deduplicate"].metadata["help"]
+    for path in [CONFIGS / "mol30_lid.yaml", CONFIGS / "interference" / "sweep_runs.yaml"]:
+        text = path.read_text()
+        if "deduplicate: true" in text:
+            assert "project's choice" in text, path

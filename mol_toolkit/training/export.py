@@ -70,7 +70,7 @@ def check_hub_access(repo_id):
                          f"namespace {namespace!r} (its namespaces: {sorted(n for n in allowed if n)}).")
 
 
-def render_model_card(config, mol_config, devtest, train_sizes, language_id=None):
+def render_model_card(config, mol_config, devtest, train_sizes, language_id=None, batch=None):
     """The bundle's README.md: huggingface_hub's ModelCard from model_cards/model_card.md, with the metadata the Hub
     reads (license, languages, library, pipeline, tags, datasets) and the UDHR attribution when trained on it."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -94,11 +94,22 @@ def render_model_card(config, mol_config, devtest, train_sizes, language_id=None
         "group_layout": mol_config.group_layout, "group_layers": mol_config.group_layers or "none",
         "hidden_size": mol_config.hidden_size, "num_hidden_layers": mol_config.num_hidden_layers,
         "intermediate_size": mol_config.intermediate_size, "vocab_size": mol_config.vocab_size,
-        "losses": [{"code": code, "sentences": size, "loss": f"{devtest[code]:.4f}"}
+        "losses": [{"code": code, "sentences": size, "loss": f"{devtest[code]:.4f}",
+                    "floor": "none" if config.min_sentences is None else
+                    f"{config.min_sentences}{' (below)' if size < config.min_sentences else ''}",
+                    "cap": "none" if config.max_sentences is None else
+                    f"{config.max_sentences}{' (capped)' if size >= config.max_sentences else ''}"}
                    for code, size in zip(mol_config.languages, train_sizes)],
+        "global_batch": "" if batch is None else (
+            f"{batch['sentences_per_device'] * batch['world_size'] * batch['accumulation']} "
+            f"({batch['sentences_per_device']} per device x {batch['world_size']} process(es) x "
+            f"{batch['accumulation']} accumulation step(s))"),
         "train_data": json.dumps(config.train_data), "devtest_data": json.dumps(config.devtest_data),
         "max_steps": config.max_steps, "learning_rate": config.peak_learning_rate,
-        "warmup_steps": config.warmup_steps, "sentences_per_device": config.sentences_per_device,
+        "warmup_steps": config.warmup_steps,
+        "sentences_per_device": batch["sentences_per_device"] if batch else config.sentences_per_device,
+        "deduplicate": "exact repeats dropped within each language (the project's choice; neither paper says it "
+                       "deduplicates)" if config.deduplicate else "no",
         "max_length": config.max_length,
         "sampling": f"{config.sampling} (T={config.sampling_temperature})" if config.sampling == "temperature"
         else config.sampling, "mlm_probability": config.mlm_probability, "mixed_precision": config.mixed_precision,
