@@ -57,6 +57,20 @@ def labels_to_groups(codes, labels):
 
 
 # ---- knowledge-based strategies ----------------------------------------------------------------------------------
+# A creole is grouped with the family of the language that gave it its vocabulary (the papers put Tok Pisin with the
+# Germanic languages in Table 8), when that family is among the languages grouped.
+CREOLE_LEXIFIERS = {"tpi_Latn": "eng_Latn", "hat_Latn": "fra_Latn", "kea_Latn": "por_Latn", "pap_Latn": "por_Latn"}
+
+
+def group_attribute(code, attribute, codes):
+    """The value of the table column a language is grouped by; a creole takes its lexifier's family."""
+    row = language(code)
+    if attribute == "family" and row.superfamily == "Creole" and code in CREOLE_LEXIFIERS:
+        lexifier_family = language(CREOLE_LEXIFIERS[code]).family
+        if any(language(other).family == lexifier_family for other in codes if other != code):
+            return lexifier_family
+    return getattr(row, attribute)
+
 def by_attribute(codes, attribute, k=None):
     """Group by a column of the language table (`family` or `script`), then merge or split to reach k groups.
 
@@ -66,7 +80,7 @@ def by_attribute(codes, attribute, k=None):
     """
     groups = {}
     for code in codes:
-        groups.setdefault(getattr(language(code), attribute), []).append(code)
+        groups.setdefault(group_attribute(code, attribute, codes), []).append(code)
     if k is not None:
         check_k(codes, k)
         while len(groups) > k:

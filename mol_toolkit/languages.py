@@ -6,16 +6,21 @@ Matrix paper's Appendix B and the Mixture of Languages paper's Tables 8-10 (thei
 rows complete FLORES-200. Where each value of those rows comes from:
 - code and name: the language table of FLORES-200's README (facebookresearch/flores, flores200/README.md);
 - script: the ISO 15924 part of the code, by its Unicode name (Geez for Ethi, as in the papers' rows);
-- family and superfamily: Glottolog's classification (the top-level family as superfamily, the subgroup below it
-  as family, named as in the papers' rows: Benue-Congo for the Bantu languages, Kwa, Gur, Volta-Niger, ...);
+- family: Glottolog's subgroups, named as in the papers' rows (Benue-Congo for the Bantu languages, Kwa, Gur,
+  Volta-Niger, ...);
+- superfamily: the names of the papers' rows (Interference Matrix, Appendix B), which follow the classic
+  classification of WALS and Ethnologue: `Niger-Congo` where Glottolog's top-level family is Atlantic-Congo (and
+  Mande, Dogon, ... are separate), `Creole` for the creoles Glottolog calls "Pidgin or Creole"; elsewhere it is
+  Glottolog's top-level family;
 - resource: the High/Low column of the NLLB paper's Table 1 (NLLB Team, 2022). Of the 100 rows only Western
-  Persian (pes_Arab) is High.
+  Persian (pes_Arab) is High. `resource_source(code)` states each row's source.
 The FLORES+ renames (`cmn_Hans`, `ekk_Latn`, `fil_Latn`, ...) and NLLB's `sat_Beng` for Santali resolve to
 their FLORES-200 rows (`ALIASES`).
 The papers' slips are fixed, not copied: `swl_Latn` is Swahili `swh_Latn`, `hye_Arnm` is `hye_Armn`, Lao is
 `lao_Laoo` (never `lao_Lao`); Appendix B leaves Basque and Hungarian without a family (here: the isolate `Basque`,
 and `Ugric` of Uralic) and some rows without a resource level (here from the Mixture of Languages paper's Table 12:
-zho_Hant High; Burmese and the Dravidian languages Low; zho_Hans High). The paper says 83 languages but its
+zho_Hant High; Burmese and the Dravidian languages Low; zho_Hans, in neither, High by analogy: marked
+unsourced by `resource_source`). The paper says 83 languages but its
 Appendix B lists 90 rows, the same 90 as the Mixture of Languages paper's Table 10; `interference-83` is that list.
 """
 
@@ -108,19 +113,60 @@ TABLE_12 = [
 # The named language sets a comparison (evaluate_mol.py --languages) can be restricted to.
 LANGUAGE_SETS = {**PRESETS, "table12": TABLE_12}
 
-# The papers' FLORES-200 codes that FLORES+ (openlanguagedata/flores_plus, the maintained FLORES on the Hub) renamed:
-# its config names. Every other code is its own FLORES+ name.
-FLORES_PLUS_NAMES = {"zho_Hans": "cmn_Hans", "zho_Hant": "cmn_Hant", "est_Latn": "ekk_Latn", "tgl_Latn": "fil_Latn"}
+# The FLORES-200 codes that FLORES+ (openlanguagedata/flores_plus, the maintained FLORES on the Hub) relabelled: its
+# config names (its README and CHANGELOG). Every other code is its own FLORES+ name.
+# - the papers' four: Mandarin, Estonian, Filipino;
+# - Guarani (gug, Paraguayan Guarani); Kikongo and Central Atlas Tamazight, whose data FLORES+ re-identified as
+#   another language (kon_Latn as Kituba, ktu; tzm_Tfng as Standard Moroccan Tamazight, zgh): the same sentences
+#   under a corrected label, so a FLORES-200 row reads them with that caveat (FLORES_PLUS_NOTES);
+# - Akan and Twi, now two varieties of Twi (aka_Latn: Asante, twi_Latn: Akuapem), and South and North Levantine
+#   Arabic, now two varieties of apc (ajp_Arab: South, apc_Arab: North): one code each, told apart by the variety's
+#   glottocode in the config name (FLORES+'s naming for varieties; not checked against the Hub from here).
+FLORES_PLUS_NAMES = {
+    "zho_Hans": "cmn_Hans", "zho_Hant": "cmn_Hant", "est_Latn": "ekk_Latn", "tgl_Latn": "fil_Latn",
+    "grn_Latn": "gug_Latn", "kon_Latn": "ktu_Latn", "tzm_Tfng": "zgh_Tfng",
+    "aka_Latn": "twi_Latn_asan1239", "twi_Latn": "twi_Latn_akua1239",
+    "ajp_Arab": "apc_Arab_sout3123", "apc_Arab": "apc_Arab_nort3139",
+}
+FLORES_PLUS_NOTES = {
+    "kon_Latn": "FLORES+ re-identified this data as Kituba (ktu_Latn), not Kikongo",
+    "tzm_Tfng": "FLORES+ re-identified this data as Standard Moroccan Tamazight (zgh_Tfng), not Central Atlas "
+                "Tamazight",
+    "aka_Latn": "FLORES+ labels it Twi (Asante variety)",
+    "twi_Latn": "FLORES+ labels it Twi (Akuapem variety)",
+    "ajp_Arab": "FLORES+ labels it Levantine Arabic, apc (South variety)",
+    "apc_Arab": "FLORES+ labels it Levantine Arabic, apc (North variety)",
+}
 
 
 # Other names of a FLORES-200 row: the papers' slips, the FLORES+ renames, and NLLB's code for Santali (its model
 # and tokenizer say `sat_Beng` for the Ol Chiki text FLORES-200 calls `sat_Olck`).
-ALIASES = {**CODE_FIXES, **{plus: code for code, plus in FLORES_PLUS_NAMES.items()}, "sat_Beng": "sat_Olck"}
+ALIASES = {**CODE_FIXES, **{plus: code for code, plus in FLORES_PLUS_NAMES.items() if plus not in FLORES_PLUS_NAMES},
+           "sat_Beng": "sat_Olck"}
 
 
 def flores_plus_name(code):
     """The FLORES+ config name of a FLORES-200 code."""
     return FLORES_PLUS_NAMES.get(code, code)
+
+
+# Where each row's resource level comes from. The 104 rows of the papers: the Interference Matrix paper's Appendix B
+# (its High/Low column, itself NLLB's), except the rows Appendix B leaves blank, which take the Mixture of Languages
+# paper's Table 12. The other 100 rows: NLLB's Table 1, transcribed here without a copy at hand (unverified).
+RESOURCE_FROM_TABLE_12 = ("zho_Hant", "mya_Mymr", "kan_Knda", "mal_Mlym", "tam_Taml", "tel_Telu")
+PAPER_ROWS = 104
+
+
+def resource_source(code):
+    """The stated source of a language's resource level (High/Low)."""
+    code = language(code).code
+    if code == "zho_Hans":
+        return "unsourced: neither paper gives it; High by analogy with zho_Hant (Table 12), the project's choice"
+    if code in RESOURCE_FROM_TABLE_12:
+        return "Mixture of Languages, Table 12 (Interference Matrix Appendix B gives none)"
+    if list(language_table()).index(code) < PAPER_ROWS:
+        return "Interference Matrix, Appendix B (NLLB's levels)"
+    return "NLLB Team (2022), Table 1: transcribed without a copy at hand, unverified"
 
 
 PAPER_GROUPS = {"mol-30": PAPER_GROUPS_30, "mol-90": PAPER_GROUPS_90}

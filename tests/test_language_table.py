@@ -109,3 +109,30 @@ def test_group_languages_command_and_a_model_config_take_the_new_languages(tmp_p
     config = MoLConfig(languages=codes.split(","), language_groups=groups, group_layers="stacked", num_hidden_layers=4,
                        hidden_size=32, num_attention_heads=2, intermediate_size=32, vocab_size=99)
     assert config.num_groups == 3
+
+
+def test_flores_plus_relabels_resolve_to_their_flores_200_rows_with_their_notes():
+    from mol_toolkit.languages import FLORES_PLUS_NOTES, flores_plus_name
+
+    relabels = {"gug_Latn": "grn_Latn", "ktu_Latn": "kon_Latn", "zgh_Tfng": "tzm_Tfng",
+                "twi_Latn_asan1239": "aka_Latn", "twi_Latn_akua1239": "twi_Latn",
+                "apc_Arab_sout3123": "ajp_Arab", "apc_Arab_nort3139": "apc_Arab",
+                "cmn_Hans": "zho_Hans", "ekk_Latn": "est_Latn", "fil_Latn": "tgl_Latn"}
+    for plus, flores in relabels.items():
+        assert resolve_language_code(plus) == flores and flores_plus_name(flores) == plus
+    assert resolve_language_code("twi_Latn") == "twi_Latn" and resolve_language_code("apc_Arab") == "apc_Arab"
+    assert "Kituba" in FLORES_PLUS_NOTES["kon_Latn"] and "Standard Moroccan" in FLORES_PLUS_NOTES["tzm_Tfng"]
+
+
+def test_every_resource_level_has_a_stated_source_and_the_superfamily_names_its_classification():
+    from mol_toolkit import languages
+    from mol_toolkit.languages import resource_source
+
+    sources = {code: resource_source(code) for code in language_table()}
+    assert all(sources.values())
+    assert sources["eng_Latn"].startswith("Interference Matrix, Appendix B")
+    assert sources["zho_Hant"].startswith("Mixture of Languages, Table 12")
+    assert sources["zho_Hans"].startswith("unsourced")
+    assert "unverified" in sources["pes_Arab"]
+    assert "Atlantic-Congo" in languages.__doc__ and "WALS" in languages.__doc__
+    assert {row.superfamily for row in language_table().values() if row.family == "Benue-Congo"} == {"Niger-Congo"}
