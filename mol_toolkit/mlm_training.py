@@ -379,7 +379,7 @@ class MLMTrainer:
         config = self.config
         decay, no_decay = [], []
         for name, parameter in model.named_parameters():
-            (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(parameter)
+            (no_decay if excluded_from_weight_decay(name) else decay).append(parameter)
         # group_parallel: parameters on different device meshes cannot share one foreach kernel.
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -745,6 +745,13 @@ def masked_lm_loss(output, labels):
     targets = labels.to(output.logits.device)
     targets = targets[targets != -100] if output.logits.dim() == 2 else targets.reshape(-1)
     return torch.nn.functional.cross_entropy(output.logits.float().reshape(-1, output.logits.shape[-1]), targets)
+
+
+def excluded_from_weight_decay(name):
+    """The stated rule: no weight decay on biases and LayerNorms (every block's, the embeddings' and the MLM head's
+    `lm_head.layer_norm`)."""
+    lowered = name.lower()
+    return name.endswith("bias") or "layernorm" in lowered or "layer_norm" in lowered
 
 
 def valid_world_sizes(global_batch, around, count=8):

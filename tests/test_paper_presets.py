@@ -195,3 +195,31 @@ def test_paper_presets_sample_proportionally_and_name_deduplication_a_choice():
         text = path.read_text()
         if "deduplicate: true" in text:
             assert "project's choice" in text, path
+
+
+def test_lm_head_layer_norm_is_excluded_from_weight_decay():
+    from conftest import tiny_config_kwargs
+
+    from configuration_mol import MoLConfig
+    from modeling_mol import MoLForMaskedLM
+    from mol_toolkit.mlm_training import excluded_from_weight_decay
+
+    names = [name for name, _ in MoLForMaskedLM(MoLConfig(**tiny_config_kwargs())).named_parameters()]
+    assert "lm_head.layer_norm.weight" in names and excluded_from_weight_decay("lm_head.layer_norm.weight")
+    norms = [n for n in names if "norm" in n.lower() or n.endswith("bias")]
+    assert norms and all(excluded_from_weight_decay(n) for n in norms)
+    assert not any(excluded_from_weight_decay(n) for n in names if n not in norms)
+
+
+def test_departures_are_labelled_in_the_presets_that_use_them():
+    for path in (CONFIGS / "grouping").glob("*.yaml"):
+        text = path.read_text()
+        if "token-overlap" in text:
+            assert "Jaccard" in text and "Departure" in text, path
+        if "--balance dendrogram" in text:
+            assert "rebalanced automatically" in text, path
+    for name in ("table14_resource_nob_arb", "table1_resource_zsm_arb"):
+        assert "both High" in (CONFIGS / "swaps" / f"{name}.yaml").read_text()
+    from mol_toolkit.languages import language
+
+    assert language("nob_Latn").resource == language("zsm_Latn").resource == language("arb_Arab").resource == "High"
