@@ -293,9 +293,24 @@ def embed(texts, tokenizer, model, batch_size=32, pooling="mean"):
     return torch.cat(vectors)
 
 
+# SONAR (the Interference Matrix paper's Section 4 encoder) is a fairseq2 model: the `sonar-space` package cannot
+# be installed beside this project's torch, transformers and huggingface_hub (measured with pip on 2026-12-03).
+SONAR_NAMES = ("sonar", "text_sonar_basic_encoder", "facebook/sonar", "facebook/sonar_text_encoder")
+SONAR_UNAVAILABLE = (
+    "SONAR's text encoder needs the sonar-space package (fairseq2), which cannot be installed beside this project "
+    "(measured with pip, 2026-12-03): sonar-space 0.5.0 needs fairseq2 >= 0.5.2, whose newest release (0.8.1) pins "
+    "fairseq2n 0.8.1 (built for torch 2.9.1 exactly), transformers ~= 4.57 and huggingface_hub ~= 0.32, against the "
+    "project's torch 2.13, transformers 5 and huggingface_hub 2; older sonar-space releases pin torch 2.5.1 / 2.6.0. "
+    "Compute SONAR similarities in a separate environment, or use a transformers port of its encoder (a Hub folder "
+    "AutoModel loads, mean pooling) as --similarity-encoder NAME:mean."
+)
+
+
 def load_encoder(name):
     from transformers import AutoModel, AutoTokenizer
 
+    if isinstance(name, str) and name.strip().lower() in SONAR_NAMES:
+        raise ValueError(f"--similarity-encoder {name!r}: {SONAR_UNAVAILABLE}")
     try:
         return AutoTokenizer.from_pretrained(name), AutoModel.from_pretrained(name).eval()
     except Exception as error:

@@ -162,6 +162,9 @@ def test_publish_round_trip_through_the_loopback_hub(uninterrupted, hub):
     (["--languages", "eng_Latn,ory_Orya"], r"holds no text for ory_Orya"),
     (["--languages", "eng_Latn,fra_Latn", "--shard", "2/2"], r"--shard '2/2'"),
     (["--preset", "huge"], r"Unknown preset 'huge'"),
+    # Section 4's SONAR: its package cannot be installed beside the project's torch (measured; README).
+    (["--languages", "eng_Latn,fra_Latn", "--similarity-encoder", "sonar"],
+     r"needs the sonar-space package.*fairseq2n 0.8.1.*torch 2.9.1.*transformers ~= 4.57"),
 ])
 def test_bad_input_fails_before_any_run(tmp_path, arguments, message):
     run = run_cli(SCRIPT + arguments + ["--output-dir", str(tmp_path / "sweep")], timeout=300)
