@@ -301,6 +301,12 @@ class MLMTrainer:
         self.is_main = context.is_main
         self.device = context.device
         self.strategy = resolve_strategy(config.strategy, context)
+        if config.mixed_precision == "fp16" and self.strategy != "none":
+            raise ValueError(f"mixed_precision=fp16 runs one process without sharding (the Interference Matrix "
+                             f"paper's single-model runs); this run's strategy is {self.strategy!r} on "
+                             f"{context.world_size} processes: use bf16, or one process.")
+        # fp16: dynamic loss scaling keeps small gradients from underflowing (fp32 weights, fp16 compute).
+        self.scaler = torch.amp.GradScaler(context.device.type) if config.mixed_precision == "fp16" else None
         self.sentences_per_device, self.accumulation = batch_plan(config, context.world_size)
         self.show_progress = show_progress
         self.threads, why = choose_threads(config.threads, context)
@@ -438,7 +444,8 @@ class MLMTrainer:
         expert_load = self.expert_load.total(self.context) if self.expert_load is not None else None
         return self.checkpoints.save(step, self._states(model, optimizer)[1], {
             "step": step, "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
-            "identity": self.run_identity(), "expert_load": expert_load})
+            "identity": self.run_identity(), "expert_load": expert_load,
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None})
 
     def load_checkpoint(self, path, model, optimizer, scheduler, sampler):
         from torch.distributed.checkpoint.state_dict import set_state_dict
@@ -457,6 +464,8 @@ class MLMTrainer:
         set_state_dict(model, optimizer, model_state_dict=states["model"], optim_state_dict=states["optimizer"])
         scheduler.load_state_dict(recorded["scheduler"])
         sampler.load_state_dict(recorded["sampler"])
+        if self.scaler is not None and recorded.get("grad_scaler") is not None:
+            self.scaler.load_state_dict(recorded["grad_scaler"])
         if self.expert_load is not None and recorded.get("expert_load") is not None:
             self.expert_load.restore(recorded["expert_load"], self.is_main)
         return recorded["step"]
@@ -508,7 +517,8 @@ class MLMTrainer:
             started = time.perf_counter()
             with self.autocast():
                 output = model(**batch, output_router_logits=self.expert_load is not None)
-            (output.loss / self.accumulation).backward()
+            loss = output.loss / self.accumulation
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             self.compute_seconds += time.perf_counter() - started
             if self.expert_load is not None:
                 self.expert_load.add(output.router_logits, batch["attention_mask"], batch["lang_ids"])
@@ -518,8 +528,14 @@ class MLMTrainer:
                 loss_sum += output.loss.item()
             tokens += int(batch["attention_mask"].sum())
         started = time.perf_counter()
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)  # clip the true gradients
         grad_norm = self._clip(model)
-        optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(optimizer)  # skipped when a gradient overflowed; the scale then backs off
+            self.scaler.update()
+        else:
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":

@@ -22,7 +22,7 @@ def _list_key(default, help, section):
 LEARNING_RATE_PRESETS = {"mol": 4e-5, "interference": 1e-5}
 SAMPLING = ("proportional", "temperature")
 STRATEGIES = ("auto", "none", "fsdp", "hsdp", "group_parallel")
-MIXED_PRECISION = ("no", "bf16")
+MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 @dataclass
@@ -116,9 +116,9 @@ class RunConfig:
     adam_epsilon: float = _key(1e-6, "AdamW epsilon.", "optimisation")
     max_grad_norm: float = _key(1.0, "Gradient clipping norm (0 disables).", "optimisation")
     mixed_precision: str = _key("bf16", "bf16 (compute in bf16, reduce in fp32: Mixture of Languages Section 3.1, "
-                                "Interference Matrix Section 5) or no. The Interference Matrix paper's Section 3.1 "
-                                "runs used fp32/fp16 (its Section 5 says 'instead of fp32/fp16'); fp16 is not offered "
-                                "yet, so its presets use bf16 (a departure, stated there).", "optimisation")
+                                "Interference Matrix Section 5), fp16 (compute in fp16, fp32 weights, dynamic loss "
+                                "scaling: the Interference Matrix paper's Section 3.1 runs, 'fp32/fp16' in its Section "
+                                "5; single-process runs, strategy none) or no.", "optimisation")
     gradient_accumulation_steps: int = _key(1, "Micro-batches per optimizer step: the global batch is "
                                             "sentences_per_device x processes x this.", "optimisation")
     global_batch_size: object = _key(None, "Sentences per optimizer step over all processes; when set, "
@@ -177,6 +177,10 @@ class RunConfig:
             raise ValueError("sentences_per_device=auto follows from global_batch_size, which is not set: set "
                              "global_batch_size (the paper: 38400 for 30 languages, 153600 for 90) or an integer "
                              "sentences_per_device.")
+        if self.mixed_precision == "fp16" and self.strategy in ("fsdp", "hsdp", "group_parallel"):
+            raise ValueError(f"mixed_precision=fp16 is the Interference Matrix paper's single-model runs' precision "
+                             f"(strategy none, with loss scaling); strategy={self.strategy!r} shards the model: use "
+                             "bf16 (as the papers' FSDP2 runs) or strategy none.")
         if self.equal_sentences and self.max_sentences is None:
             raise ValueError("equal_sentences=true needs max_sentences, the amount every language must have (the "
                              "Interference Matrix paper: 1000000).")

@@ -128,7 +128,8 @@ def build_model(model_class, model_config, context, strategy, mixed_precision="n
         autocast = contextlib.nullcontext  # FSDP2 casts parameters itself
     else:
         device_type = context.device.type
-        autocast = (lambda: torch.autocast(device_type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+        autocast = (lambda: torch.autocast(device_type, dtype=dtype)) if dtype else contextlib.nullcontext
     materialise(model, context.device)
     initialise(model, model_class, model_config, seed)
     torch.manual_seed(seed)  # dropout draws from here on: the same in every run of this seed
