@@ -309,7 +309,10 @@ def test_dry_run_of_a_paper_preset_works_offline(tmp_path):
     total, active = (int(n.replace(",", "")) for n in re.search(
         r"Model: ([\d,]+) parameters, ([\d,]+) active per sentence", result.stdout).groups())
     assert 2.0e9 < total < 2.5e9 and 5.0e8 < active < 6.0e8  # MoL 90 LID: about 2B, dense-sized active
-    assert "90 languages in 10 group(s)" in result.stdout and "1200 per step" in result.stdout
+    assert "90 languages in 10 group(s)" in result.stdout
+    # The paper's global batch, pinned: on one process, 128 micro-batches of the paper's 1200 sentences per GPU.
+    assert "Global batch: 153600 sentences per step" in result.stdout
+    assert "1200 sentences per device x 1 process(es) x 128 accumulation step(s)" in result.stdout
     assert "train_data afr_Latn" in result.stdout
     assert not (tmp_path / "never").exists()
 
