@@ -73,7 +73,7 @@ def parse_args(argv):
 
 
 def build_sweep(args):
-    from mol_toolkit.sweep import Sweep
+    from mol_toolkit.interference.sweep import Sweep
 
     overrides = {key: value for key, value in (("max_steps", args.max_steps),
                                                ("checkpoint_every", args.checkpoint_every)) if value is not None}
@@ -105,7 +105,7 @@ def similarity_matrix(inputs, codes):
     """{encoder label: S} for every --similarity-encoder (None without one)."""
     if inputs is None:
         return None
-    from mol_toolkit.interference_analysis import embedding_similarity
+    from mol_toolkit.interference.analysis import embedding_similarity
 
     encoders, texts = inputs
     return {label: embedding_similarity(codes, texts, encoder, pooling) for label, (encoder, pooling) in encoders.items()}
@@ -113,8 +113,8 @@ def similarity_matrix(inputs, codes):
 
 def write_outputs(sweep, args, similarity_inputs=None):
     """L, I, every analysis and the dataset folder from the results so far; missing runs are reported, not filled."""
-    from mol_toolkit.interference_analysis import InterferenceResults, loss_matrix, missing_cells
-    from mol_toolkit.interference_matrix import write_dataset_folder
+    from mol_toolkit.interference.analysis import InterferenceResults, loss_matrix, missing_cells
+    from mol_toolkit.interference.matrix import write_dataset_folder
 
     rows = sweep.result_rows()
     losses = loss_matrix(rows, sweep.languages)
@@ -136,7 +136,7 @@ def run(args):
     import torch
     from accelerate import PartialState
 
-    from mol_toolkit.sweep import parse_shard, select_jobs
+    from mol_toolkit.interference.sweep import parse_shard, select_jobs
 
     shard = parse_shard(args.shard)
     sweep = build_sweep(args)
@@ -186,7 +186,7 @@ def analyse(args):
 
 
 def publish(args):
-    from mol_toolkit.interference_matrix import publish_dataset
+    from mol_toolkit.interference.matrix import publish_dataset
 
     if not args.repo:
         raise ValueError("publish needs --repo ORG/NAME (the Hub dataset to create or update).")
@@ -201,7 +201,7 @@ def publish(args):
 
 
 def partners(args):
-    from mol_toolkit.downstream_interference import plan_experiment
+    from mol_toolkit.interference.downstream import plan_experiment
 
     if not args.matrix or not args.output_dir:
         raise ValueError("partners needs --matrix (the interference matrix) and --output-dir (where the configs go).")
@@ -218,7 +218,7 @@ def partners(args):
 
 
 def downstream(args):
-    from mol_toolkit.downstream_interference import write_downstream_table
+    from mol_toolkit.interference.downstream import write_downstream_table
 
     if not args.output_dir or not args.evaluation:
         raise ValueError("downstream needs --output-dir (the partners plan) and --evaluation (the evaluate_mol.py "

@@ -158,6 +158,7 @@ def run_lid_probe(args):
     from mol_toolkit.evaluation import lid_probe
     from mol_toolkit.evaluation.encoder import SentenceEncoder
     from mol_toolkit.languages import resolve_languages
+    from mol_toolkit.text_sources import read_probe_texts
 
     preset = lid_probe.PRESETS[args.preset]
     threshold = lid_probe.check_threshold(preset["threshold"] if args.threshold is None else args.threshold)
@@ -189,7 +190,7 @@ def run_lid_probe(args):
             sources[split] = yaml.safe_load(given) if given else preset[f"{split}_data"]
         except yaml.YAMLError as error:
             raise ValueError(f"--{split}-data {given!r} is not a path or a YAML mapping: {error}") from None
-    texts = {split: lid_probe.read_probe_texts(source, codes, f"{split} data", args.max_sentences)
+    texts = {split: read_probe_texts(source, codes, f"{split} data", args.max_sentences)
              for split, source in sources.items()}
     accuracy, seconds = lid_probe.run_probe(encoder, codes, texts["train"], texts["test"])
     group_layers, layout = lid_probe.choose_group_layers(accuracy, threshold)

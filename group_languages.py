@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from mol_toolkit import grouping as g
-from mol_toolkit.interference_matrix import load_interference_matrix
+from mol_toolkit.interference.matrix import load_interference_matrix
 from mol_toolkit.languages import PRESETS, resolve_languages
 
 

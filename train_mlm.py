@@ -52,7 +52,7 @@ def parse_prepare_args(argv):
 
 
 def prepare_data(argv):
-    from mol_toolkit.data_preparation import prepare
+    from mol_toolkit.training.data_preparation import prepare
 
     config_path, options, overrides = parse_prepare_args(argv)
     try:
@@ -66,7 +66,7 @@ def prepare_data(argv):
 
 
 def parse_fit_language_id_args(argv):
-    from mol_toolkit.language_identification import DEFAULT_SENTENCES
+    from mol_toolkit.training.language_identification import DEFAULT_SENTENCES
 
     parser = argparse.ArgumentParser(prog="train_mlm.py fit-language-id",
                                      description="Fit the language identifier of a MoL bundle (languages='auto'): a "
@@ -89,8 +89,8 @@ def parse_fit_language_id_args(argv):
 
 
 def fit_language_id(argv):
-    from mol_toolkit.evaluation.lid_probe import udhr_sources
-    from mol_toolkit.language_identification import fit_bundle, parse_text_source
+    from mol_toolkit.text_sources import udhr_sources
+    from mol_toolkit.training.language_identification import fit_bundle, parse_text_source
 
     args = parse_fit_language_id_args(argv)
     try:
@@ -142,7 +142,7 @@ def main(argv=None):
     config_path, dry, overrides = parse_args(argv)
     try:
         config = load_run_config(config_path, overrides)
-        from mol_toolkit.mlm_training import MLMTrainer, dry_run
+        from mol_toolkit.training.trainer import MLMTrainer, dry_run
 
         if dry:
             print_dry_run(dry_run(config, int(os.environ.get("WORLD_SIZE", 1))))
@@ -151,7 +151,7 @@ def main(argv=None):
     except ValueError as error:
         print(f"train_mlm.py: error: {error}", file=sys.stderr)
         return 2
-    from mol_toolkit.mlm_training import TrainingDiverged
+    from mol_toolkit.training.trainer import TrainingDiverged
 
     try:
         result = trainer.train()

@@ -45,7 +45,7 @@ def build_bundle(size, folder):
 
     from configuration_mol import MoLConfig
     from modeling_mol import MoLForMaskedLM
-    from mol_toolkit import language_identification as lid
+    from mol_toolkit.training import language_identification as lid
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
     codes = sorted({code for _, code in udhr_sentences("train")})

@@ -7,9 +7,9 @@ from .modeling_mol import (
     MoLForSequenceClassification,
     MoLForTokenClassification,
     MoLModel,
-    MoLPackedBatch,
     MoLPreTrainedModel,
 )
+from .mol_packing import MoLPackedBatch
 
 
 __all__ = [

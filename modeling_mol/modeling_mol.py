@@ -6,14 +6,15 @@ collator that already sorts sentences by group makes that free), run every group
 contiguous row ranges and attention over variable-length sentences, restore the batch's order and padding at the
 end. A shared block is the one-group case of the same block class.
 
-This file and its siblings (`configuration_mol.py`, `mol_grouped_gemm.py`, `mol_attention.py`) are copied flat
-into every exported checkpoint as remote code: they import each other only as `from .name import X`.
+This file holds the network and its heads, in transformers' order. Its siblings hold the rest: `mol_packing.py`
+(packed rows and group offsets), `mol_routing.py` (the MoE gate and the language identifier), `mol_hub.py` (the
+bundle's card, remote-code files, sentence-transformers files and the XLM-R conversion), `mol_attention.py`,
+`mol_grouped_gemm.py` and `configuration_mol.py`. All are copied flat into every exported checkpoint as remote
+code: they import each other only as `from .name import X`.
 """
 
 import inspect
-import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 
@@ -24,7 +25,6 @@ from transformers import PreTrainedModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers import initialization as init
 from transformers.activations import ACT2FN, gelu
-from transformers.dynamic_module_utils import get_relative_imports
 from transformers.loss.loss_utils import fixed_cross_entropy
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -40,6 +40,16 @@ from transformers.utils import logging
 
 from .mol_attention import choose_attention, compilable_attention, eager_attention, key_padding_bias, pad_rows
 from .mol_grouped_gemm import MoLGroupedGemm
+from .mol_hub import (
+    _MODEL_CARD,
+    _PIPELINE_TAGS,
+    convert_xlm_roberta_state_dict,
+    position_limit,
+    remote_code_files,
+    write_sentence_transformers_config,
+)
+from .mol_packing import MoLPackedBatch
+from .mol_routing import MoLLanguageIdentification, MoLLanguageIdentifier, MoLRouter
 
 
 try:  # in an exported checkpoint the configuration is a sibling file
@@ -49,207 +59,6 @@ except ImportError:  # in this project it is the `configuration_mol` package bes
 
 
 logger = logging.get_logger(__name__)
-
-
-@dataclass
-class MoLRowGroups:
-    """Which weight copy each row of a block uses: what the group Linears and LayerNorms read.
-
-    offsets: (copies,) int32 cumulative row ends, on the device; row_group: (rows,) the copy of every row;
-    present_groups / present_offsets: the copies that have rows and their offsets, when the host knows them (the
-    language groups, from the packing's one synchronisation), else None (learned routing decides on the device).
-    order / restore: for a routed block, whose rows run in expert order: `order[i]` is the batch-order row of the
-    i-th expert-order row, `restore` its inverse; None when the rows are in the batch's own order.
-    """
-
-    offsets: torch.Tensor
-    row_group: torch.Tensor
-    present_groups: torch.Tensor | None = None
-    present_offsets: torch.Tensor | None = None
-    order: torch.Tensor | None = None
-    restore: torch.Tensor | None = None
-    present_ids: tuple | None = None  # present_groups on the host (from the same synchronisation)
-
-    def localised(self, held):
-        """The same rows for a block that holds the copies of the groups `held` only (sorted global indices; what a
-        rank of a group-parallel run keeps): copies numbered 0..len(held)-1. Rows of any other group are an error."""
-        if self.present_ids is not None and not set(self.present_ids) <= set(held):
-            raise ValueError(f"This block holds the weight copies of groups {list(held)} only, and the batch has rows "
-                             f"of groups {sorted(set(self.present_ids) - set(held))}: in group-parallel training each "
-                             "rank must be given sentences of its own groups only.")
-        device = self.offsets.device
-        index = torch.tensor(held, dtype=torch.long, device=device)
-        lookup = torch.full((self.offsets.shape[0],), 0, dtype=torch.long, device=device)
-        lookup[index] = torch.arange(len(held), device=device)
-        present = None if self.present_groups is None else lookup[self.present_groups]
-        present_ids = None if self.present_ids is None else tuple(held.index(g) for g in self.present_ids)
-        # The other groups have no rows, so the held groups' cumulative ends are the local ones.
-        return MoLRowGroups(self.offsets[index], lookup[self.row_group], present, self.present_offsets,
-                            present_ids=present_ids)
-
-
-@dataclass
-class MoLPackedBatch:
-    """Where the tokens of a padded batch went once packed and ordered by group.
-
-    Two layouts, one interface:
-    - packed (eager): only real tokens, ordered by group; `seq_lengths` (host list) and `group_tokens` (host list)
-      come from the forward pass's one host synchronisation, which also carries the input range checks;
-    - static (inside torch.compile / torch.export): every position of every sentence, sentences ordered by group;
-      no host synchronisation, shapes fixed by the input's shape, padding rows masked out of attention and zeroed.
-
-    token_index: (rows,) flat positions in the (batch * seq_len) padded grid, in row order.
-    seq_lengths: host list of the rows of each sentence slot (packed only; None when static).
-    cu_seqlens / max_seqlen: sentence slot boundaries (int32 device) and the widest slot (int).
-    pad_index: (rows,) positions in a (sentences, max_seqlen) grid, for attention backends that re-pad.
-    sentence_index: (sentences,) the batch index of every sentence slot.
-    group_offsets: (groups,) int32 cumulative row ends of each group; all_rows: (1,) the one-group case.
-    row_group: (rows,) the group of every row; real_rows: (rows,) bool, None when every row is a real token.
-    row_sentence: (rows,) the sentence slot of every row.
-    present_groups / present_offsets: the groups that have rows and their offsets (packed only; None when static).
-    """
-
-    token_index: torch.Tensor
-    seq_lengths: list | None
-    cu_seqlens: torch.Tensor
-    max_seqlen: int
-    pad_index: torch.Tensor
-    sentence_index: torch.Tensor
-    group_offsets: torch.Tensor
-    all_rows: torch.Tensor
-    row_group: torch.Tensor
-    real_rows: torch.Tensor | None
-    row_sentence: torch.Tensor
-    present_groups: torch.Tensor | None
-    present_offsets: torch.Tensor | None
-    batch_size: int
-    seq_len: int
-    present_ids: tuple | None = None
-
-    @classmethod
-    def from_mask(cls, attention_mask, sentence_group, num_groups, host_values=None):
-        """Pack a batch. `host_values`: a 1-D int64 tensor fetched to the host in the same synchronisation (the
-        range checks); returns (batch, those values as a list)."""
-        if torch.compiler.is_compiling():
-            return cls._static(attention_mask, sentence_group, num_groups), None
-        batch_size, seq_len = attention_mask.shape
-        device = attention_mask.device
-        # A stable sort keeps sentences of one group in batch order: an already sorted batch stays as it is.
-        order = torch.sort(sentence_group, stable=True).indices
-        real = attention_mask[order].bool()
-        lengths = real.sum(dim=1)
-        group_tokens = torch.zeros(num_groups, dtype=torch.long, device=device).index_add_(0, sentence_group[order], lengths)
-        extra = host_values if host_values is not None else lengths.new_zeros(0)
-        fetched = torch.cat([lengths, group_tokens, extra.to(device=device, dtype=torch.long)]).tolist()  # the one sync
-        slot_lengths, group_sizes = fetched[:batch_size], fetched[batch_size : batch_size + num_groups]
-        seq_lengths = [length for length in slot_lengths if length > 0]
-        num_tokens = sum(seq_lengths)
-        positions = order[:, None] * seq_len + torch.arange(seq_len, device=device)
-        token_index = positions.masked_select(real)
-        nonempty = torch.tensor(seq_lengths, device=device, dtype=torch.long)
-        starts = torch.cumsum(nonempty, 0) - nonempty
-        max_seqlen = max(seq_lengths, default=0)
-        row_in_sentence = torch.arange(num_tokens, device=device) - torch.repeat_interleave(starts, nonempty)
-        sentence_slot = torch.repeat_interleave(torch.arange(len(seq_lengths), device=device), nonempty)
-        slots = torch.tensor([i for i, length in enumerate(slot_lengths) if length > 0], dtype=torch.long, device=device)
-        group_offsets = torch.cumsum(group_tokens, 0).to(torch.int32)
-        present = [g for g, size in enumerate(group_sizes) if size > 0]
-        present_groups = torch.tensor(present, dtype=torch.long, device=device)
-        batch = cls(
-            token_index=token_index,
-            seq_lengths=seq_lengths,
-            cu_seqlens=F.pad(torch.cumsum(nonempty, 0), (1, 0)).to(torch.int32),
-            max_seqlen=max_seqlen,
-            pad_index=sentence_slot * max_seqlen + row_in_sentence,
-            sentence_index=order[slots],
-            group_offsets=group_offsets,
-            all_rows=torch.tensor([num_tokens], dtype=torch.int32, device=device),
-            row_group=torch.repeat_interleave(sentence_group[order], lengths, output_size=num_tokens),
-            real_rows=None,
-            row_sentence=sentence_slot,
-            present_groups=present_groups,
-            present_offsets=group_offsets[present_groups],
-            batch_size=batch_size,
-            seq_len=seq_len,
-            present_ids=tuple(present),
-        )
-        return batch, fetched[batch_size + num_groups :]
-
-    @classmethod
-    def _static(cls, attention_mask, sentence_group, num_groups):
-        batch_size, seq_len = attention_mask.shape
-        device = attention_mask.device
-        order = torch.sort(sentence_group, stable=True).indices
-        rows = batch_size * seq_len
-        width = torch.full((batch_size,), seq_len, dtype=torch.long, device=device)
-        group_rows = torch.zeros(num_groups, dtype=torch.long, device=device).index_add_(0, sentence_group, width)
-        return cls(
-            token_index=(order[:, None] * seq_len + torch.arange(seq_len, device=device)).reshape(-1),
-            seq_lengths=None,
-            cu_seqlens=(torch.arange(batch_size + 1, device=device) * seq_len).to(torch.int32),
-            max_seqlen=seq_len,
-            pad_index=torch.arange(rows, device=device),
-            sentence_index=order,
-            group_offsets=torch.cumsum(group_rows, 0).to(torch.int32),
-            all_rows=torch.tensor([rows], dtype=torch.int32, device=device),
-            row_group=sentence_group[order][:, None].expand(batch_size, seq_len).reshape(-1),
-            real_rows=attention_mask[order].bool().reshape(-1),
-            row_sentence=torch.arange(batch_size, device=device).repeat_interleave(seq_len),
-            present_groups=None,
-            present_offsets=None,
-            batch_size=batch_size,
-            seq_len=seq_len,
-        )
-
-    @property
-    def num_tokens(self):
-        return self.token_index.shape[0]
-
-    def row_groups(self):
-        """The language groups' rows, for the group Linears and LayerNorms (rows in this batch's order)."""
-        return MoLRowGroups(self.group_offsets, self.row_group, self.present_groups, self.present_offsets,
-                            present_ids=self.present_ids)
-
-    @property
-    def num_sentences(self):
-        return self.cu_seqlens.shape[0] - 1
-
-    def key_mask(self):
-        """(sentences, max_seqlen) bool: True at the real tokens of every sentence slot."""
-        if self.real_rows is not None:
-            return self.real_rows.view(self.num_sentences, self.max_seqlen)
-        real = torch.zeros(self.num_sentences * self.max_seqlen, dtype=torch.bool, device=self.pad_index.device)
-        return real.index_fill(0, self.pad_index, True).view(self.num_sentences, self.max_seqlen)
-
-    def pack(self, padded):
-        """(batch, seq_len, ...) -> (rows, ...) in row order."""
-        return padded.reshape(self.batch_size * self.seq_len, *padded.shape[2:])[self.token_index]
-
-    def unpack(self, rows, fill=0):
-        """(rows, ...) -> (batch, seq_len, ...) in the batch's order, `fill` at padding."""
-        if self.real_rows is not None:
-            rows = rows.masked_fill(~self.real_rows.view(-1, *[1] * (rows.dim() - 1)), fill)
-        padded = rows.new_full((self.batch_size * self.seq_len, *rows.shape[1:]), fill)
-        padded = padded.index_copy(0, self.token_index, rows)
-        return padded.view(self.batch_size, self.seq_len, *rows.shape[1:])
-
-    def unpack_attention(self, probs):
-        """(sentences, heads, max_seqlen, max_seqlen) per-slot probabilities -> (batch, heads, seq_len, seq_len) in the
-        batch's order, zeros at padding queries and keys."""
-        heads, width, seq_len = probs.shape[1], self.max_seqlen, self.seq_len
-        # Each grid column's position in its sentence; padding columns go to a spare position seq_len, dropped below.
-        column_position = torch.full((self.num_sentences * width,), seq_len, dtype=torch.long, device=probs.device)
-        column_position = column_position.index_copy(0, self.pad_index, self.token_index % seq_len)
-        column_position = column_position.view(self.num_sentences, 1, width)
-        if self.real_rows is not None:  # static layout: padding rows of a sentence are padding too
-            real = self.key_mask()
-            column_position = column_position.masked_fill(~real[:, None, :], seq_len)
-        wide = probs.new_zeros(self.num_sentences, heads, width, seq_len + 1)
-        wide = wide.scatter(3, column_position[:, :, None, :].expand(-1, heads, width, -1), probs)
-        full = probs.new_zeros(self.num_sentences, heads, seq_len + 1, seq_len + 1)
-        full = full.scatter(2, column_position[..., None].expand(-1, heads, -1, seq_len + 1), wide)
-        out = probs.new_zeros(self.batch_size, heads, seq_len, seq_len)
-        return out.index_copy(0, self.sentence_index, full[:, :, :seq_len, :seq_len])
 
 
 class MoLEmbeddings(nn.Module):
@@ -481,70 +290,6 @@ class MoLAttention(nn.Module):
         return attend(q, k, v, batch, dropout_p=dropout, training=self.training), None
 
 
-class MoLRouter(nn.Module):
-    """The learned top-1 gate of a routed block (the paper's MoE baselines, Section 5).
-
-    It reads the block's input, which in XLM-R's post-LN blocks is the normalised output of the preceding block (or
-    of the embeddings): every token (`routing="token"`) or the mean over each sentence's tokens (`"sentence"`, whose
-    tokens then all go to one expert). In training, Gaussian noise of std `router_noise_std` is added to the logits
-    before the softmax; at inference the gate is noiseless top-1, or uniformly random after `set_random_routing`
-    (the paper's Appendix A comparison)."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.level = config.routing
-        self.num_experts = config.num_experts
-        self.noise_std = config.router_noise_std
-        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
-        self.random_generator = None  # a torch.Generator while experts are drawn at random
-
-    def forward(self, rows, batch):
-        """(the rows in expert order as MoLRowGroups, per-row gate logits (rows, experts), the block's load-balancing
-        loss, the chosen expert's gate probability per row); per-row values in the batch's order."""
-        features = rows if self.level == "token" else sentence_means(rows, batch)
-        logits = self.gate(features)
-        if self.training and self.noise_std > 0:
-            logits = logits + torch.randn_like(logits) * self.noise_std
-        probs = logits.float().softmax(dim=-1)
-        if self.random_generator is not None:
-            expert = torch.randint(self.num_experts, (features.shape[0],), generator=self.random_generator)
-            expert = expert.to(features.device)
-        else:
-            expert = probs.argmax(dim=-1)
-        if self.level == "sentence":  # every token of a sentence takes its sentence's decision
-            logits, probs, expert = logits[batch.row_sentence], probs[batch.row_sentence], expert[batch.row_sentence]
-        # Rows in expert order: a stable sort on the device, and each expert's row end by a search in the sorted
-        # experts; no host synchronisation.
-        row_expert, order = torch.sort(expert, stable=True)
-        offsets = torch.searchsorted(row_expert, torch.arange(self.num_experts, device=expert.device), right=True)
-        restore = torch.empty_like(order).scatter_(0, order, torch.arange(order.shape[0], device=order.device))
-        groups = MoLRowGroups(offsets.to(torch.int32), row_expert, order=order, restore=restore)
-        aux_loss = load_balancing_loss(probs, expert, batch.real_rows, self.num_experts)
-        return groups, logits, aux_loss, probs.gather(1, expert[:, None]).squeeze(1)
-
-
-def sentence_means(rows, batch):
-    """(sentences, hidden): the mean of each sentence slot's real rows."""
-    weight = rows.new_ones(rows.shape[0]) if batch.real_rows is None else batch.real_rows.to(rows.dtype)
-    sums = rows.new_zeros(batch.num_sentences, rows.shape[1]).index_add_(0, batch.row_sentence, rows * weight[:, None])
-    counts = rows.new_zeros(batch.num_sentences).index_add_(0, batch.row_sentence, weight)
-    return sums / counts.clamp(min=1)[:, None]
-
-
-def load_balancing_loss(probs, row_group, real_rows, num_experts):
-    """GShard's auxiliary load-balancing loss of one routed block, in the Switch Transformer's scale (the form of
-    transformers' `load_balancing_loss_func`): E * sum_e f_e * P_e, where f_e is the share of tokens sent to expert
-    e (top-1, not differentiable) and P_e the mean gate probability of e over the tokens. 1.0 at perfect balance, E
-    when one expert takes everything. Tokens only, never padding; with sentence routing each token counts its
-    sentence's decision, so the loss balances the experts' work (tokens), not the number of sentences."""
-    dispatched = F.one_hot(row_group, num_experts).to(probs.dtype)
-    if real_rows is not None:
-        weight = real_rows.to(probs.dtype)[:, None]
-        count = weight.sum().clamp(min=1)
-        return num_experts * ((dispatched * weight).sum(0) / count * (probs * weight).sum(0) / count).sum()
-    return num_experts * (dispatched.mean(0) * probs.mean(0)).sum()
-
-
 class MoLLayer(GradientCheckpointingLayer):
     """The one block class: shared (one group), group-specific (every Linear and LayerNorm per language group), or
     routed (the same per expert, with a learned router; the MoE baselines)."""
@@ -626,46 +371,6 @@ class MoLPooler(nn.Module):
 
     def forward(self, hidden_states):
         return self.activation(self.dense(hidden_states[:, 0]))
-
-
-class MoLLanguageIdentifier(nn.Module):
-    """The checkpoint's language identifier (`config.language_identifier == "input-embedding-linear"`): a linear
-    model over the mean of a text's input (word) embeddings, special tokens left out. One embedding lookup and one
-    (hidden x labels) product per text, so identifying costs next to nothing beside the encoder. Its weights are
-    buffers (fitted by mol_toolkit's language_identification, never trained by the MLM loss)."""
-
-    def __init__(self, config):
-        super().__init__()
-        labels = config.language_identifier_labels
-        self.register_buffer("weight", torch.zeros(len(labels), config.hidden_size))
-        self.register_buffer("bias", torch.zeros(len(labels)))
-
-    def forward(self, word_embeddings, input_ids, attention_mask, ignored_ids):
-        """(batch, labels) logits."""
-        mean = mean_input_embeddings(word_embeddings, input_ids, attention_mask, ignored_ids)
-        return mean @ self.weight.float().T + self.bias.float()
-
-
-def mean_input_embeddings(word_embeddings, input_ids, attention_mask, ignored_ids):
-    """(batch, hidden) fp32 mean of the word embeddings of each text's real tokens, `ignored_ids` left out: the
-    identifier's features, at fitting and at prediction alike."""
-    keep = attention_mask.bool() & ~torch.isin(input_ids, ignored_ids)
-    embedded = word_embeddings(input_ids).float() * keep.unsqueeze(-1)
-    return embedded.sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
-
-
-@dataclass
-class MoLLanguageIdentification:
-    """What the language identifier found for each text: `codes` (its prediction, possibly a language the model
-    lacks), `confidences` (softmax probability), `lang_ids` and `routed_codes` (the language of config.languages each
-    text is routed by) and `fell_back` (True where the prediction was unknown to the model or under the threshold,
-    so the text went to the fallback language)."""
-
-    codes: list
-    confidences: torch.Tensor
-    lang_ids: torch.Tensor
-    routed_codes: list
-    fell_back: torch.Tensor
 
 
 class MoLPreTrainedModel(PreTrainedModel):
@@ -970,136 +675,6 @@ class MoLPreTrainedModel(PreTrainedModel):
             logger.warning(f"from_xlm_roberta: newly initialised {missing}; not used {unexpected}.")
         model.tie_weights()
         return model.to(next(xlmr_model.parameters()).dtype)
-
-
-_PIPELINE_TAGS = {
-    "MoLModel": "feature-extraction",
-    "MoLForMaskedLM": "fill-mask",
-    "MoLForSequenceClassification": "text-classification",
-    "MoLForTokenClassification": "token-classification",
-    "MoLForQuestionAnswering": "question-answering",
-}
-
-_MODEL_CARD = """---
-{{ card_data }}
----
-
-# MoL (Mixture of Languages) encoder: `{{ model_class }}`
-
-{% if routing == "language" %}A multilingual XLM-R-style encoder whose group-specific blocks hold one weight copy per language group; every token
-of a sentence runs through the copy of its language's group.{% else %}A Mixture-of-Experts baseline of the Mixture of
-Languages paper: its routed blocks hold {{ num_experts }} experts each, and a learned top-1 gate sends every
-{{ routing }} to one of them (`output_router_logits=True` returns the gate logits).{% endif %}{% if base_model %} Converted from `{{ base_model }}`:
-every group copy starts from that model's weights.{% endif %}
-
-```python
-from transformers import AutoModel, AutoTokenizer
-
-model = AutoModel.from_pretrained("REPO", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("REPO")
-outputs = model(**tokenizer(["..."], return_tensors="pt"), languages=["{{ first_language }}"])  # one code per text
-```
-
-{{ "Routed" if routing != "language" else "Group-specific" }} blocks: {{ layers if layers else "none (dense)" }} (layout `{{ layout }}`).
-{% if routing == "language" %}
-| group | languages |
-|---|---|
-{% for name, codes in groups.items() %}| {{ name }} | {{ codes | join(", ") }} |
-{% else %}| (dense) | every language shares every block |
-{% endfor %}{% endif %}
-The model code is Apache-2.0 (the MoL project); the weights are released under `{{ license }}`.
-"""
-
-
-def position_limit(config):
-    """The most tokens a sentence may have: XLM-R's positions start at pad_token_id + 1."""
-    return config.max_position_embeddings - config.pad_token_id - 1
-
-
-def sentence_transformers_module():
-    """sentence-transformers' input module for this bundle. Only sentence-transformers' loader imports it; the import
-    is named here so that transformers copies `mol_sentence_transformers.py` with the rest of the remote code."""
-    from .mol_sentence_transformers import MoLSentenceTransformer
-
-    return MoLSentenceTransformer
-
-
-def write_sentence_transformers_config(folder, config):
-    """What `SentenceTransformer(folder, trust_remote_code=True)` reads: MoL's input module (which routes each text
-    by its language), then mean pooling over real tokens (the papers' sentence representation)."""
-    limit = position_limit(config)
-    files = {
-        "modules.json": [
-            {"idx": 0, "name": "0", "path": "", "type": "mol_sentence_transformers.MoLSentenceTransformer",
-             "kwargs": ["languages"]},
-            {"idx": 1, "name": "1", "path": "1_Pooling",
-             "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling"},
-        ],
-        "sentence_bert_config.json": {
-            "max_seq_length": min(limit, 512), "transformer_task": "feature-extraction",
-            "modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
-            "module_output_name": "token_embeddings",
-        },
-        "1_Pooling/config.json": {"embedding_dimension": config.hidden_size, "pooling_mode": "mean",
-                                  "include_prompt": True},
-        "config_sentence_transformers.json": {"model_type": "SentenceTransformer", "similarity_fn_name": "cosine",
-                                              "prompts": {}, "default_prompt_name": None},
-    }
-    for name, value in files.items():
-        path = os.path.join(folder, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(value, handle, indent=2)
-
-
-def remote_code_files():
-    """This file, the configuration file and every sibling helper they import as `from .name import X`."""
-    roots = [os.path.abspath(__file__), os.path.abspath(inspect.getfile(MoLConfig))]
-    folders = [os.path.dirname(path) for path in roots]
-    found, queue = set(), list(roots)
-    while queue:
-        path = queue.pop()
-        if path not in found:
-            found.add(path)
-            for name in get_relative_imports(path):
-                queue += [p for p in (os.path.join(f, f"{name}.py") for f in folders) if os.path.isfile(p)][:1]
-    return sorted(found)
-
-
-_XLMR_LAYER_KEY = re.compile(r"^(.*encoder\.layer\.)(\d+)\.(.+)\.(weight|bias)$")
-# XLM-R's module path inside a layer -> MoL's.
-_XLMR_LAYER_NAMES = {
-    "attention.self.query": "attention.query",
-    "attention.self.key": "attention.key",
-    "attention.self.value": "attention.value",
-    "attention.output.dense": "attention.output",
-    "attention.output.LayerNorm": "attention.LayerNorm",
-    "intermediate.dense": "intermediate",
-    "output.dense": "output",
-    "output.LayerNorm": "LayerNorm",
-}
-
-
-def convert_xlm_roberta_state_dict(state, model):
-    """XLM-R weights under MoL's names and shapes: Linear weights transposed to (in, out), block weights copied
-    to every group of the block."""
-    config, heads = model.config, dict(model.named_children())
-    converted = {}
-    for key, tensor in state.items():
-        if key.endswith(("position_ids", "token_type_ids")) or key == "lm_head.decoder.bias":
-            continue  # buffers, and the decoder bias XLM-R registers a second time as lm_head.bias
-        key = key.removeprefix("roberta.")
-        layer = _XLMR_LAYER_KEY.match(key)
-        if layer:
-            start, index, module, kind = layer.groups()
-            key = f"{start}{index}.{_XLMR_LAYER_NAMES[module]}.{kind}"
-            tensor = tensor.t() if tensor.dim() == 2 else tensor
-            groups = config.num_groups if int(index) in config.group_layers else 1
-            tensor = tensor.unsqueeze(0).expand(groups, *tensor.shape).contiguous()
-        if key.split(".")[0] not in heads:
-            key = f"{model.base_model_prefix}.{key}"
-        converted[key] = tensor
-    return converted
 
 
 @dataclass

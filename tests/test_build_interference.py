@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from conftest import PROJECT
-from mol_toolkit.sweep import jobs_for, parse_shard, run_id, select_jobs
+from mol_toolkit.interference.sweep import jobs_for, parse_shard, run_id, select_jobs
 
 
 LANGUAGES = "eng_Latn,rus_Cyrl,arb_Arab"  # three scripts: 3 monolingual and 3 pair runs
@@ -141,7 +141,7 @@ def test_two_shards_cover_the_sweep_exactly_once(shared_cache, uninterrupted):
 def test_publish_round_trip_through_the_loopback_hub(uninterrupted, hub):
     from datasets import load_dataset
 
-    from mol_toolkit.interference_matrix import matrix_from_dataset
+    from mol_toolkit.interference.matrix import matrix_from_dataset
 
     run = run_cli(SCRIPT + ["publish", "--repo", "mol-tests/interference-tiny", "--output-dir", str(uninterrupted)],
                   timeout=300)

@@ -101,8 +101,8 @@ def read_jsonl(path):
 
 
 def test_prepare_data_writes_capped_topped_up_deduplicated_files_and_a_manifest(corpora, tmp_path):
-    from mol_toolkit.data_preparation import prepare
-    from mol_toolkit.mlm_training import RunData, load_tokenizer
+    from mol_toolkit.training.data_preparation import prepare
+    from mol_toolkit.training.trainer import RunData, load_tokenizer
 
     train, devtest = corpora["train"], corpora["devtest"]
     config = run_config(tmp_path)
@@ -149,7 +149,7 @@ def test_prepare_data_writes_capped_topped_up_deduplicated_files_and_a_manifest(
 
 
 def test_a_gated_dataset_is_a_clear_error_before_anything_is_written(corpora, hub, tmp_path):
-    from mol_toolkit.data_preparation import prepare
+    from mol_toolkit.training.data_preparation import prepare
 
     hub.state.gated.add(("dataset", FLORES))
     try:
@@ -158,7 +158,7 @@ def test_a_gated_dataset_is_a_clear_error_before_anything_is_written(corpora, hu
             prepare(run_config(tmp_path), show_progress=False, log=lambda *_: None)
         # A run that reads its devtest from the Hub says the same, before any training (and before a cached copy
         # from an earlier, authorised download could hide the missing access).
-        from mol_toolkit.mlm_training import MLMTrainer
+        from mol_toolkit.training.trainer import MLMTrainer
 
         flores = {"dataset": FLORES, "name": "{flores_plus}", "split": "devtest"}
         with pytest.raises(ValueError, match="The devtest_data dataset 'openlanguagedata/flores_plus' is gated"):
@@ -208,7 +208,7 @@ def test_prepare_data_resumes_after_a_kill(corpora, tmp_path):
     ({"train_corpus": {"dataset": "mol-tests/no-such-corpus"}}, "does not exist on the Hub"),
 ])
 def test_bad_preparations_are_refused_before_any_work(corpora, tmp_path, overrides, message):
-    from mol_toolkit.data_preparation import prepare
+    from mol_toolkit.training.data_preparation import prepare
 
     with pytest.raises(ValueError, match=message):
         prepare(run_config(tmp_path, **overrides), show_progress=False, log=lambda *_: None)

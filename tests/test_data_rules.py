@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import PROJECT
-from mol_toolkit.mlm_training import MLMTrainer
+from mol_toolkit.training.trainer import MLMTrainer
 from mol_toolkit.run_config import load_run_config
 
 TINY = PROJECT / "configs" / "tiny_udhr.yaml"

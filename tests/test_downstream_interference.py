@@ -87,7 +87,7 @@ def test_bad_partner_requests_are_refused(tmp_path, capsys, arguments, message):
 def test_section5_end_to_end_at_the_tiny_scale(tmp_path, monkeypatch):
     """partners -> train every model -> evaluate_mol.py's evaluation -> the difference table."""
     from mol_toolkit.evaluation.run import evaluate_models
-    from mol_toolkit.mlm_training import MLMTrainer
+    from mol_toolkit.training.trainer import MLMTrainer
     from mol_toolkit.run_config import load_run_config
     from mteb_tasks import UDHRClassification
 

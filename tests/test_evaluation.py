@@ -394,7 +394,7 @@ def test_evaluate_mol_command_on_the_tiny_udhr_model(tmp_path, hub):
 @pytest.fixture(scope="module")
 def identifying_bundle(bundle, tiny_tokenizer_dir, tmp_path_factory):
     """The bundle with a language identifier fitted on the UDHR sample's six languages."""
-    from mol_toolkit import language_identification as lid
+    from mol_toolkit.training import language_identification as lid
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     model = MoLForMaskedLM.from_pretrained(bundle).eval()

@@ -16,7 +16,7 @@ from conftest import PROJECT, tiny_config_kwargs
 
 from configuration_mol import MoLConfig
 from modeling_mol import MoLForMaskedLM
-from mol_toolkit import mlm_data
+from mol_toolkit.training import mlm_data
 from mol_toolkit.training import group_parallel
 
 

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from mol_toolkit import interference_analysis as ia
-from mol_toolkit import interference_matrix as im
+from mol_toolkit.interference import analysis as ia
+from mol_toolkit.interference import matrix as im
 from mol_toolkit.grouping import read_parallel_set
 from mol_toolkit.languages import language
 

@@ -17,7 +17,7 @@ from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
 from configuration_mol import MoLConfig
 from modeling_mol import MoLForMaskedLM, MoLForSequenceClassification, MoLForTokenClassification, MoLModel
-from mol_toolkit import language_identification as lid
+from mol_toolkit.training import language_identification as lid
 
 
 TOKENIZER = PROJECT / "data" / "udhr-tokenizer"

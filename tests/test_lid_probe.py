@@ -15,6 +15,7 @@ from configuration_mol import MoLConfig
 from configuration_mol.configuration_mol import resolve_group_layers
 from modeling_mol import MoLForMaskedLM
 from mol_toolkit.evaluation import lid_probe
+from mol_toolkit.text_sources import read_probe_texts, udhr_sources
 
 
 PROBE = [sys.executable, str(PROJECT / "evaluate_mol.py"), "lid-probe"]
@@ -57,7 +58,7 @@ def test_per_layer_accuracy_equals_a_direct_fit_on_independently_computed_hidden
     from mol_toolkit.evaluation.encoder import SentenceEncoder
 
     codes = FOUR.split(",")
-    splits = {split: lid_probe.read_probe_texts(lid_probe.udhr_sources(split), codes, split)
+    splits = {split: read_probe_texts(udhr_sources(split), codes, split)
               for split in ("train", "devtest")}
     encoder = SentenceEncoder(str(bundles["dense"]), show_progress_bar=False, batch_size=7)
     accuracy, seconds = lid_probe.run_probe(encoder, codes, splits["train"], splits["devtest"])

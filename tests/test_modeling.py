@@ -270,7 +270,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 # ---- attention backends ----------------------------------------------------------------------------------------------
 def test_attention_backends_agree_with_the_eager_reference():
-    from modeling_mol.modeling_mol import MoLPackedBatch
+    from modeling_mol.mol_packing import MoLPackedBatch
     from modeling_mol.mol_attention import eager_attention, sdpa_nested, sdpa_padded, sdpa_per_sentence
 
     _, mask = random_batch(5, 11, seed=7)

@@ -12,7 +12,7 @@ from transformers import XLMRobertaForMaskedLM
 from configuration_mol import MoLConfig
 from conftest import PROJECT, tiny_config_kwargs
 from modeling_mol import MoLForMaskedLM, MoLModel
-from modeling_mol.modeling_mol import load_balancing_loss
+from modeling_mol.mol_routing import load_balancing_loss
 from test_modeling import random_batch, xlmr_config
 
 ROUTINGS = ["token", "sentence"]
@@ -369,7 +369,7 @@ def test_a_moe_bundle_round_trips_with_its_routing(tmp_path):
 # -- presets and bad configs ----------------------------------------------------------------------------------------
 
 def test_the_moe_presets_have_the_total_parameters_of_mol30_stacked_and_the_active_ones_of_dense30():
-    from mol_toolkit.mlm_training import dry_run
+    from mol_toolkit.training.trainer import dry_run
     from mol_toolkit.run_config import load_run_config
 
     plans = {name: dry_run(load_run_config(PROJECT / "configs" / f"{name}.yaml"))

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import PROJECT
-from mol_toolkit.mlm_training import dry_run
+from mol_toolkit.training.trainer import dry_run
 from mol_toolkit.run_config import load_run_config
 
 CONFIGS = PROJECT / "configs"
@@ -152,7 +152,7 @@ def test_paper_presets_pin_the_global_batch_on_any_cluster(name, processes, monk
 
 
 def test_a_world_size_that_cannot_make_the_global_batch_is_refused_naming_the_sizes_that_can():
-    from mol_toolkit.mlm_training import batch_plan
+    from mol_toolkit.training.trainer import batch_plan
 
     config = load_run_config(CONFIGS / "mol30_lid.yaml")
     with pytest.raises(ValueError, match=r"global_batch_size=38400 cannot be split evenly over 7 processes.*\[.*6, 8"):
@@ -202,7 +202,7 @@ def test_lm_head_layer_norm_is_excluded_from_weight_decay():
 
     from configuration_mol import MoLConfig
     from modeling_mol import MoLForMaskedLM
-    from mol_toolkit.mlm_training import excluded_from_weight_decay
+    from mol_toolkit.training.trainer import excluded_from_weight_decay
 
     names = [name for name, _ in MoLForMaskedLM(MoLConfig(**tiny_config_kwargs())).named_parameters()]
     assert "lm_head.layer_norm.weight" in names and excluded_from_weight_decay("lm_head.layer_norm.weight")

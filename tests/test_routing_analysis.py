@@ -9,7 +9,7 @@ import torch
 
 import evaluate_mol
 from conftest import PROJECT
-from mol_toolkit.mlm_training import MLMTrainer
+from mol_toolkit.training.trainer import MLMTrainer
 from mol_toolkit.run_config import load_run_config
 
 LANGUAGES = ["eng_Latn", "deu_Latn", "fra_Latn", "spa_Latn", "rus_Cyrl", "arb_Arab"]
@@ -76,7 +76,7 @@ def test_the_histogram_counts_every_token_of_the_chosen_batches(trained_moe, tmp
     of one forward pass over it, counted here from the model's router logits."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from mol_toolkit.evaluation.lid_probe import read_probe_texts, udhr_sources
+    from mol_toolkit.text_sources import read_probe_texts, udhr_sources
 
     bundle, _ = trained_moe
     monkeypatch.chdir(PROJECT)
@@ -152,7 +152,7 @@ def test_the_paper_preset_is_section_5_1s_setting(trained_moe, tmp_path, hub, mo
     languages: said), Table 7's loss on the devtest text and its accuracy on English MassiveIntent."""
     from test_evaluation import push_massive_intent
 
-    from mol_toolkit.evaluation.lid_probe import udhr_sources
+    from mol_toolkit.text_sources import udhr_sources
     from mol_toolkit.evaluation.routing_analysis import analyse
 
     bundle, _ = trained_moe

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from conftest import PROJECT
-from mol_toolkit import mlm_data
-from mol_toolkit.mlm_training import MLMTrainer, TrainingDiverged
+from mol_toolkit import text_sources
+from mol_toolkit.training import mlm_data
+from mol_toolkit.training.trainer import MLMTrainer, TrainingDiverged
 from mol_toolkit.run_config import load_run_config
 
 
@@ -126,12 +127,12 @@ def test_caps_deduplication_and_top_up(tmp_path):
     primary.write_text("".join(json.dumps(r) + "\n" for r in rows))
     extra = tmp_path / "synthetic.txt"
     extra.write_text("x\ny\nz\nw\n")
-    source = mlm_data.resolve_source(str(primary), "eng_Latn", "train_data")
-    top_up = mlm_data.resolve_source(str(extra), "eng_Latn", "supplementary_data")
-    assert mlm_data.collect_texts("eng_Latn", [source, None], 4, None, True, "train") == ["a", "b", "c", "d"]
-    assert mlm_data.collect_texts("eng_Latn", [source, None], None, None, False, "train") == [r["text"] for r in rows]
+    source = text_sources.resolve_source(str(primary), "eng_Latn", "train_data")
+    top_up = text_sources.resolve_source(str(extra), "eng_Latn", "supplementary_data")
+    assert text_sources.collect_texts("eng_Latn", [source, None], 4, None, True, "train") == ["a", "b", "c", "d"]
+    assert text_sources.collect_texts("eng_Latn", [source, None], None, None, False, "train") == [r["text"] for r in rows]
     # 6 unique sentences is under the minimum of 8: topped up from the supplementary source, up to the minimum.
-    assert mlm_data.collect_texts("eng_Latn", [source, top_up], 25, 8, True, "train") == \
+    assert text_sources.collect_texts("eng_Latn", [source, top_up], 25, 8, True, "train") == \
         ["a", "b", "c", "d", "e", "f", "x", "y"]
 
 
@@ -139,7 +140,7 @@ def test_tokenization_happens_once_per_language_and_is_reused(tmp_path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(PROJECT / "data" / "udhr-tokenizer")
-    source = mlm_data.resolve_source({"path": str(PROJECT / "data/udhr/udhr46_articles.jsonl"), "language_field": "lang",
+    source = text_sources.resolve_source({"path": str(PROJECT / "data/udhr/udhr46_articles.jsonl"), "language_field": "lang",
                                       "split_field": "split", "split": "train"}, "fra_Latn", "train_data")
     before = len(mlm_data.TOKENIZATIONS)
     first = mlm_data.tokenized_language("fra_Latn", "train", [source, None], tokenizer, 64, tmp_path)

@@ -247,7 +247,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
 
 
 def test_a_killed_runs_temporary_tokenization_is_removed_and_a_live_ones_kept(tmp_path):
-    from mol_toolkit.mlm_data import remove_dead_partials
+    from mol_toolkit.training.mlm_data import remove_dead_partials
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     gone = tmp_path / f".eng_Latn-train-0123456789abcdef-pid{dead.stdout.strip()}-x1y2"
@@ -293,7 +293,7 @@ def test_one_process_accumulating_two_steps_equals_two_processes(tmp_path, cache
 
 
 def test_global_batch_size_sets_the_accumulation(tmp_path, cache):
-    from mol_toolkit.mlm_training import accumulation_steps
+    from mol_toolkit.training.trainer import accumulation_steps
     from mol_toolkit.run_config import load_run_config
 
     config = load_run_config(TINY, {"global_batch_size": 64, "sentences_per_device": 16})

@@ -12,7 +12,7 @@ from conftest import LANGUAGES, tiny_config_kwargs
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from configuration_mol import MoLConfig
-from modeling_mol.modeling_mol import MoLPackedBatch
+from modeling_mol.mol_packing import MoLPackedBatch
 from modeling_mol import (
     MoLForMaskedLM,
     MoLForMultipleChoice,

@@ -164,7 +164,7 @@ class SentenceEncoder:
         if not self.identifies:
             raise ValueError(f"languages='auto' needs a language identifier, and {self.name!r} has none: fit one with "
                              "`python train_mlm.py fit-language-id --model ...`.")
-        from mol_toolkit.language_identification import padded_batches
+        from mol_toolkit.training.language_identification import padded_batches
 
         found = []
         for input_ids, mask in padded_batches(encoded, self.tokenizer.pad_token_id, self.batch_size * 8):

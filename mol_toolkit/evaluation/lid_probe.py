@@ -17,21 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mol_toolkit.text_sources import flores_plus_source, udhr_sources
+
 
 PAPER_THRESHOLD = 0.923
-UDHR_SAMPLE = "data/udhr/udhr46_articles.jsonl"
-FLORES_PLUS = "openlanguagedata/flores_plus"
-
-
-def udhr_sources(split):
-    return {"path": UDHR_SAMPLE, "language_field": "lang", "split_field": "split", "split": split}
-
-
-def flores_plus_source(split):
-    """FLORES+ (gated on the Hub: accept its terms, then log in) in the papers' codes: `{lang}` is renamed per code."""
-    return {"dataset": FLORES_PLUS, "name": "{flores_plus}", "split": split}
-
-
 CLASSIFIER_CHOICE = ("the project's choice: standardised features, multinomial logistic regression (the paper names "
                      "no classifier)")
 PRESETS = {
@@ -76,21 +65,6 @@ def probe_classifier():
     from sklearn.preprocessing import StandardScaler
 
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-
-
-def read_probe_texts(spec, codes, role, max_sentences=None):
-    """code -> texts of `spec` (a path or mapping as train_mlm.py's sources; `{lang}` is the code, `{flores_plus}`
-    its FLORES+ config name); a language without text is an error naming it."""
-    from mol_toolkit.mlm_data import collect_texts, resolve_source
-
-    texts = {}
-    for code in codes:
-        source = resolve_source(spec, code, role)
-        try:
-            texts[code] = collect_texts(code, [source, None], max_sentences, None, False, role)
-        except ValueError as error:
-            raise ValueError(f"No {role} for {code}: {error}") from None
-    return texts
 
 
 def accuracy_per_layer(train_features, train_labels, test_features, test_labels):

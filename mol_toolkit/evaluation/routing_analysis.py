@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mol_toolkit import mlm_data
-from mol_toolkit.expert_load import ExpertLoad
+from mol_toolkit.training import mlm_data
+from mol_toolkit.training.expert_load import ExpertLoad
 
-from .lid_probe import flores_plus_source, udhr_sources
+from mol_toolkit.text_sources import flores_plus_source, read_probe_texts, udhr_sources
 
 
 FIGURE4_LANGUAGES = ["eng_Latn", "fra_Latn", "khm_Khmr"]  # highest, high and low resource in the paper
@@ -278,7 +278,6 @@ def analyse(model_source, output_dir, *, preset="udhr", data=None, languages=Non
     from mol_toolkit.languages import resolve_languages
 
     from .encoder import resolve_dtype
-    from .lid_probe import read_probe_texts
 
     if preset not in PRESETS:
         raise ValueError(f"preset {preset!r} is unknown: use one of {sorted(PRESETS)}.")

@@ -11,9 +11,10 @@ the plots.
 """
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from mol_toolkit.files import write_json
 
 from .aggregate import aggregate, language_key
 from .mteb_encoder import MoLMTEBEncoder, subset_languages
@@ -269,13 +270,6 @@ def read_settings(output_dir):
                              "it is not an evaluation folder; use a new or empty folder.")
         return {}
     return json.loads(path.read_text(encoding="utf-8"))["models"]
-
-
-def write_json(path, value):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(partial, path)
 
 
 def record_settings(output_dir, plan):

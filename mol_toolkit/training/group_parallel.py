@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from mol_toolkit import mlm_data
+from mol_toolkit.training import mlm_data
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 (TensorBoard by default) when the run has them, and the step progress bar."""
 
 import json
-import os
 from pathlib import Path
+
+from mol_toolkit.files import atomic_write_text
 
 
 class MetricsLog:
@@ -54,12 +55,6 @@ def forget_metrics_after(path, step):
         lines = path.read_text(encoding="utf-8").splitlines()
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
         atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-def atomic_write_text(path, text):
-    partial = Path(f"{path}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
 
 
 def tracker_config(config):

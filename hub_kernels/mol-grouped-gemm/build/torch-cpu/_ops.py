@@ -16,7 +16,7 @@ def _free_namespace(base):
     return namespace
 
 
-NAMESPACE = _free_namespace("_mol_grouped_gemm_cpu_071e102b7c")
+NAMESPACE = _free_namespace("_mol_grouped_gemm_cpu_baa0e400fb")
 ops = getattr(torch.ops, NAMESPACE)
 
 

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_grouped_gemm import _dot, _dot_flags, _gelu, interpreted
+from ._common import _dot, _dot_flags, _gelu, interpreted
 
 
 DEFAULT_CONFIGS = [  # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, EPILOGUE_SPLIT

@@ -24,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import reference
+from . import hopper_grouped_gemm, reference
+from ._common import _dot, _dot_flags, _gelu, interpreted, runs_here
 
 
 # Which kernels run: "auto" (the Hopper kernels of hopper_grouped_gemm.py on sm_90+ where TMA can address the
@@ -105,21 +106,6 @@ def _row_tile(offsets_ptr, num_groups, num_rows, tile, BLOCK_M: tl.constexpr, GR
     )
     row_end = tl.where(in_group, tl.sum(tl.where(mine, ends, 0), 0), num_rows)
     return tl.minimum(group, num_groups - 1), in_group, row_start, row_end
-
-
-@triton.jit
-def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """acc + a @ b in fp32. UPCAST is for Triton's CPU interpreter only, whose dot multiplies bf16 operands as
-    raw integer bits (triton 3.9): it gets fp32 operands there, and the GPU path is untouched."""
-    if UPCAST:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=PRECISION)
-
-
-@triton.jit
-def _gelu(z):
-    return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
 
 
 # ---- forward and input gradient -----------------------------------------------------------------------------------
@@ -236,22 +222,6 @@ _grouped_weight_grad_tuned = triton.autotune(configs=_weight_grad_configs(), key
 
 
 # ---- launchers ----------------------------------------------------------------------------------------------------
-def interpreted():
-    """Whether the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 when this was imported)."""
-    return type(_grouped_matmul_kernel).__name__ == "InterpretedFunction"
-
-
-def runs_here(tensor):
-    """The Triton kernels run on CUDA tensors, and on CPU tensors under the interpreter."""
-    return tensor.is_cuda or (interpreted() and tensor.device.type == "cpu")
-
-
-def _dot_flags(dtype):
-    """PRECISION: IEEE fp32 for fp32 inputs unless torch allows TF32 (ignored for 16-bit inputs). UPCAST: see _dot."""
-    exact = dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest"
-    return dict(PRECISION="ieee" if exact else "tf32", UPCAST=interpreted() and dtype == torch.bfloat16)
-
-
 def _pow2(n):
     return max(2, triton.next_power_of_2(n))
 
@@ -359,4 +329,3 @@ def backward(grad_out, x, weight, offsets, preact, activation, has_bias, needs_i
 
 
 # Last: the Hopper kernels reuse this module's device helpers (_dot, _gelu) and flags.
-from . import hopper_grouped_gemm  # noqa: E402

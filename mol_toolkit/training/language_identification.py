@@ -20,7 +20,7 @@ BATCH_SIZE = 256
 
 def padded_batches(sequences, pad_id, batch_size=BATCH_SIZE):
     """(input_ids, attention_mask) batches of token-id lists, in order."""
-    from mol_toolkit.mlm_data import pad_batch
+    from mol_toolkit.training.mlm_data import pad_batch
 
     for start in range(0, len(sequences), batch_size):
         yield pad_batch([list(ids) for ids in sequences[start:start + batch_size]], pad_id)
@@ -29,7 +29,7 @@ def padded_batches(sequences, pad_id, batch_size=BATCH_SIZE):
 @torch.no_grad()
 def sentence_features(model, sequences, ignored_ids):
     """(sentences, hidden) float64: the identifier's features of token-id lists."""
-    from modeling_mol.modeling_mol import mean_input_embeddings
+    from modeling_mol.mol_routing import mean_input_embeddings
 
     embeddings = model.get_input_embeddings()
     device = embeddings.weight.device
@@ -160,7 +160,7 @@ def fit_bundle(source, output_dir, train_spec, devtest_spec, languages=None, sen
 
     import transformers
 
-    from mol_toolkit.evaluation.lid_probe import read_probe_texts
+    from mol_toolkit.text_sources import read_probe_texts
     from mol_toolkit.languages import resolve_languages
     from mol_toolkit.training.metrics import atomic_write_text
 

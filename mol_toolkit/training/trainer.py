@@ -13,8 +13,10 @@ from pathlib import Path
 import torch
 
 from mol_toolkit import languages as language_table
-from mol_toolkit import mlm_data
-from mol_toolkit.expert_load import ExpertLoad
+from mol_toolkit import text_sources
+from mol_toolkit.training import mlm_data
+from mol_toolkit.text_sources import per_language_sources
+from mol_toolkit.training.expert_load import ExpertLoad
 from mol_toolkit.training.checkpointing import CheckpointManager
 from mol_toolkit.training.export import (
     check_hub_access,
@@ -67,24 +69,6 @@ def resolve_languages_and_groups(config):
 
         groups = swap_languages(groups, config.language_swaps)
     return codes, groups
-
-
-def per_language_sources(spec, codes, role, overrides=None):
-    """language -> source spec: one spec for all ('{lang}' filled in) or a mapping language -> spec."""
-    is_mapping_by_language = isinstance(spec, dict) and spec and not set(spec) & set(mlm_data.SOURCE_KEYS)
-    by_language = dict(spec) if is_mapping_by_language else {}
-    by_language.update(overrides or {})
-    stray = sorted(set(by_language) - set(codes))
-    if stray:
-        raise ValueError(f"{role} names languages {stray} that are not among the model's languages {codes}: add them "
-                         "to `languages` or remove their data.")
-    sources = {}
-    for code in codes:
-        chosen = by_language.get(code, None if is_mapping_by_language else spec)
-        if chosen is None:
-            raise ValueError(f"{role} has no source for {code}: every language of the model needs {role}.")
-        sources[code] = mlm_data.resolve_source(chosen, code, role)
-    return sources
 
 
 def load_tokenizer(config):
@@ -175,8 +159,8 @@ def dry_run(config, world_size=1):
         "global_batch": global_batch, "global_batch_pinned": config.sentences_per_device == "auto",
         "max_steps": config.max_steps, "sampling": config.sampling,
         "epochs": dry_run_epochs(config, codes, train, global_batch),
-        "train_data": {code: mlm_data.describe_source(train[code], config.max_sentences) for code in codes},
-        "devtest_data": {code: mlm_data.describe_source(devtest[code], config.eval_sentences) for code in codes},
+        "train_data": {code: text_sources.describe_source(train[code], config.max_sentences) for code in codes},
+        "devtest_data": {code: text_sources.describe_source(devtest[code], config.eval_sentences) for code in codes},
     }
 
 
@@ -214,7 +198,7 @@ def check_data_amounts(config, amounts):
 def dry_run_epochs(config, codes, train_sources, global_batch):
     """Epochs per language the steps give, where the sentence counts are known without reading the data (the
     counts.json that prepare-data writes beside the training files); else how they follow once the data is read."""
-    from mol_toolkit.data_preparation import COUNTS
+    from mol_toolkit.training.data_preparation import COUNTS
 
     counts = {}
     for code in codes:
@@ -244,11 +228,11 @@ class RunData:
             for source in sources.values():
                 if "dataset" in source and source["dataset"] not in checked:
                     checked.add(source["dataset"])
-                    mlm_data.check_hub_dataset(source, role)
+                    text_sources.check_hub_dataset(source, role)
         self.codes = codes
         self.train, self.devtest = [], []
         for code in codes:
-            extra = mlm_data.resolve_source(supplementary, code, "supplementary_data") if supplementary else None
+            extra = text_sources.resolve_source(supplementary, code, "supplementary_data") if supplementary else None
             self.train.append(mlm_data.tokenized_language(
                 code, "train", [train_sources[code], extra], tokenizer, config.max_length, config.cache_dir,
                 config.max_sentences, config.min_sentences, config.deduplicate))
@@ -734,7 +718,7 @@ class MLMTrainer:
     def fit_language_identifier(self, plain):
         """The exported model's identifier, fitted on a seeded sample of the sentences this run tokenized (no
         further pass over the data) and scored on the devtest sentences; None when off or for one language."""
-        from mol_toolkit import language_identification as lid
+        from mol_toolkit.training import language_identification as lid
 
         config = self.config
         if not config.language_identifier or len(self.codes) < 2:

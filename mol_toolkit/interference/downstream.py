@@ -26,13 +26,13 @@ SCALES = {"paper": "section5.yaml", "tiny": "section5_tiny.yaml"}
 
 def read_matrix(source):
     """The interference matrix as a pandas frame (rows: affected language, columns: added language)."""
-    from .interference_matrix import matrix_from_dataset
+    from .matrix import matrix_from_dataset
 
     return matrix_from_dataset(source)
 
 
 def check_code(code, matrix, what):
-    from .languages import language
+    from mol_toolkit.languages import language
 
     try:
         resolved = language(code).code

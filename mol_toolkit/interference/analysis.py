@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from .languages import language, language_table, resolve_languages
+from mol_toolkit.languages import language, language_table, resolve_languages
 
 
 # Section 3.5: "families with at least three languages represented in our interference matrix". The paper gives
@@ -215,7 +215,7 @@ def embedding_similarity(codes, texts, encoder, pooling="mean"):
     """S[A][B]: mean cosine similarity of A-B translation pairs under `encoder` (a Hub id, a folder, or a
     (tokenizer, model) pair), over the parallel `texts` (code -> aligned sentences), each sentence pooled as
     `pooling` (mean, or first token). Diagonal 1."""
-    from .grouping import embedding_distance
+    from mol_toolkit.grouping import embedding_distance
 
     return pd.DataFrame(1.0 - embedding_distance(codes, texts, encoder, pooling), index=codes, columns=codes)
 

@@ -22,10 +22,10 @@ import json
 import os
 from pathlib import Path
 
-from . import mlm_data
-from .languages import resolve_languages
-from .training.checkpointing import file_digest as sha256
-from .training.metrics import atomic_write_text
+from mol_toolkit import text_sources
+from mol_toolkit.languages import resolve_languages
+from mol_toolkit.training.checkpointing import file_digest as sha256
+from mol_toolkit.files import write_json, write_jsonl
 
 
 MANIFEST = "manifest.json"
@@ -51,21 +51,6 @@ def manifest_folder(template):
     return Path(os.path.dirname(template.split("{lang}")[0]) or ".")
 
 
-def write_jsonl(path, rows):
-    """All of `rows` (dicts) as JSON lines, or nothing: written to a .partial file, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(partial, path)
-
-
-def write_json(path, value):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False))
-
-
 class Preparation:
     """One kind of file (training or devtest) for every language: its sources, its output, its manifest entries."""
 
@@ -76,8 +61,8 @@ class Preparation:
         return {"corpus": self.corpus, "supplementary_corpus": self.supplementary, "output": self.template, **self.caps}
 
     def sources(self, code):
-        primary = mlm_data.resolve_source(self.corpus, code, f"{self.kind}_corpus")
-        extra = mlm_data.resolve_source(self.supplementary, code, "supplementary_corpus") if self.supplementary else None
+        primary = text_sources.resolve_source(self.corpus, code, f"{self.kind}_corpus")
+        extra = text_sources.resolve_source(self.supplementary, code, "supplementary_corpus") if self.supplementary else None
         return primary, extra
 
     def path(self, code):
@@ -115,7 +100,7 @@ def check_access(preparation, codes, checked):
         for source, role in zip(preparation.sources(code), (f"{preparation.kind}_corpus", "supplementary_corpus")):
             if source is not None and "dataset" in source and source["dataset"] not in commits:
                 if source["dataset"] not in checked:
-                    checked[source["dataset"]] = mlm_data.check_hub_dataset(source, role)
+                    checked[source["dataset"]] = text_sources.check_hub_dataset(source, role)
                 commits[source["dataset"]] = checked[source["dataset"]]
     return commits
 
@@ -166,7 +151,7 @@ def prepare(config, languages=None, overwrite=False, parallel=None, show_progres
                 continue  # prepared by an earlier (killed or finished) run with these settings
             stats = {}
             with tqdm(desc=code, unit=" sentences", leave=False, disable=not show_progress) as sentences:
-                texts = mlm_data.collect_texts(code, preparation.sources(code), preparation.caps["max_sentences"],
+                texts = text_sources.collect_texts(code, preparation.sources(code), preparation.caps["max_sentences"],
                                                preparation.caps["min_sentences"], preparation.caps["deduplicate"],
                                                f"{preparation.kind}_corpus", stats, sentences)
             write_jsonl(path, ({"text": text} for text in texts))

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from mol_toolkit import languages as language_table
-from mol_toolkit import mlm_data
-from mol_toolkit.mlm_training import MLMTrainer, RunData, load_tokenizer
+from mol_toolkit.training import mlm_data
+from mol_toolkit.training.trainer import MLMTrainer, RunData, load_tokenizer
 from configs import sweep_preset_path
 from mol_toolkit.run_config import load_run_config, load_sweep_config
 from mol_toolkit.training.metrics import atomic_write_text

@@ -129,7 +129,7 @@ def runs_rows(results, codes):
     values are JSON strings so that every run has the same columns."""
     import json
 
-    from .interference_analysis import check_result_row
+    from .analysis import check_result_row
 
     runs = {}
     for row in results.to_dict("records") if hasattr(results, "to_dict") else results:
@@ -210,9 +210,9 @@ def write_card(folder, losses, summary, report, settings, num_runs, repo_id=None
 def write_dataset_folder(out_dir, losses, results, settings, allow_incomplete=False, similarity=None, repo_id=None,
                          computed=None):
     """Write the folder `publish_dataset` uploads: `interference/`, `languages/` and `runs/` parquet configs,
-    `analysis/` (every table, figure and report.json of `interference_analysis.analyse`) and README.md.
+    `analysis/` (every table, figure and report.json of `analysis.analyse`) and README.md.
 
-    `losses` is the loss matrix L (`interference_analysis.loss_matrix`), `results` the sweep's result rows, `settings`
+    `losses` is the loss matrix L (`analysis.loss_matrix`), `results` the sweep's result rows, `settings`
     the sweep's settings (shown in the card); `computed`: the `InterferenceResults` of L when the caller has them
     (computed from L here otherwise, once). A matrix with missing cells is refused, before anything is written,
     unless `allow_incomplete`. The folder is built aside and swapped in whole: no stale file survives a rewrite.
@@ -220,7 +220,7 @@ def write_dataset_folder(out_dir, losses, results, settings, allow_incomplete=Fa
     import shutil
     import tempfile
 
-    from .interference_analysis import InterferenceResults, analyse
+    from .analysis import InterferenceResults, analyse
 
     computed = computed or InterferenceResults.compute(losses, similarity)
     interference, missing = computed.interference, computed.missing

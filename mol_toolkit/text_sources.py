@@ -1,9 +1,6 @@
-"""MLM data: per-language sources, caps and deduplication, tokenization cached once per language, language sampling,
-group-ordered batches with a fixed number of sentences, and 15% (80/10/10) masking.
-
-Everything random here is a pure function of (seed, step, rank) or of the language and a fixed evaluation seed, so a
-resumed run draws exactly the batches and masks the uninterrupted run would have drawn, and every model of a sweep
-is evaluated on the same masked devtest batches.
+"""Where text comes from, for every pipeline: a source spec (a local file or glob, or a Hub dataset; `{lang}` filled
+in per language, `{flores_plus}` with its FLORES+ name), resolved per language, checked for Hub access before any
+reading, read with caps, a supplementary top-up and deduplication; and the shipped UDHR sample and FLORES+ as sources.
 """
 
 import glob
@@ -11,15 +8,7 @@ import hashlib
 import json
 import logging
 import os
-import re
-import shutil
-import tempfile
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
 
 
 logger = logging.getLogger(__name__)
@@ -27,9 +16,18 @@ logger = logging.getLogger(__name__)
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet", ".csv": "csv"}
 SOURCE_KEYS = ("path", "dataset", "name", "split", "text_field", "language_field", "split_field", "streaming",
                "data_files", "revision", "pairs")
-CACHE_FORMAT = 1  # bump when the cached layout changes
-EVAL_SEED = 20250  # the same masked devtest batches for every model, whatever its seed
-TOKENIZATIONS = []  # (language, split) of every tokenization done by this process: the sweep's once-per-language check
+
+UDHR_SAMPLE = "data/udhr/udhr46_articles.jsonl"
+FLORES_PLUS = "openlanguagedata/flores_plus"
+
+
+def udhr_sources(split):
+    return {"path": UDHR_SAMPLE, "language_field": "lang", "split_field": "split", "split": split}
+
+
+def flores_plus_source(split):
+    """FLORES+ (gated on the Hub: accept its terms, then log in) in the papers' codes: `{lang}` is renamed per code."""
+    return {"dataset": FLORES_PLUS, "name": "{flores_plus}", "split": split}
 
 
 # -- sources
@@ -254,214 +252,32 @@ def describe_source(source, cap=None):
             ("no such file" if not files else "read when the run starts")}
 
 
-# -- tokenization, cached once per language
+def per_language_sources(spec, codes, role, overrides=None):
+    """language -> source spec: one spec for all ('{lang}' filled in) or a mapping language -> spec."""
+    is_mapping_by_language = isinstance(spec, dict) and spec and not set(spec) & set(SOURCE_KEYS)
+    by_language = dict(spec) if is_mapping_by_language else {}
+    by_language.update(overrides or {})
+    stray = sorted(set(by_language) - set(codes))
+    if stray:
+        raise ValueError(f"{role} names languages {stray} that are not among the model's languages {codes}: add them "
+                         "to `languages` or remove their data.")
+    sources = {}
+    for code in codes:
+        chosen = by_language.get(code, None if is_mapping_by_language else spec)
+        if chosen is None:
+            raise ValueError(f"{role} has no source for {code}: every language of the model needs {role}.")
+        sources[code] = resolve_source(chosen, code, role)
+    return sources
 
 
-def tokenizer_fingerprint(tokenizer):
-    """A hash of what decides the token ids: the vocabulary and the special tokens."""
-    vocab = sorted(tokenizer.get_vocab().items())
-    blob = json.dumps([vocab, tokenizer.all_special_tokens, type(tokenizer).__name__], ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-_PARTIAL = re.compile(r"^\..+-pid(\d+)-[^/]+$")
-
-
-def remove_dead_partials(cache_dir):
-    """Temporary tokenization folders whose writer process is gone (a killed run); a live writer's are kept."""
-    folder = Path(os.path.expanduser(cache_dir))
-    if not folder.is_dir():
-        return []
-    removed = []
-    for entry in folder.iterdir():
-        match = _PARTIAL.match(entry.name)
-        if match and entry.is_dir() and not _alive(int(match.group(1))):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-    return removed
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def tokenized_language(lang, split, sources, tokenizer, max_length, cache_dir, max_sentences=None,
-                       min_sentences=None, deduplicate=True):
-    """The tokenized sentences of one language and split (a datasets.Dataset with `input_ids`), built once and kept
-    under cache_dir; later runs with the same sources, caps, tokenizer and length reuse it."""
-    from datasets import Dataset, load_from_disk
-    from datasets.utils.logging import disable_progress_bar
-
-    disable_progress_bar()  # the run's own progress bar is the one to watch
-    key = json.dumps([CACHE_FORMAT, lang, split, sources, max_sentences, min_sentences, deduplicate, max_length,
-                      tokenizer_fingerprint(tokenizer)], sort_keys=True, default=str)
-    folder = Path(os.path.expanduser(cache_dir)) / f"{lang}-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-    if folder.is_dir():
-        return load_from_disk(str(folder))
-    texts = collect_texts(lang, sources, max_sentences, min_sentences, deduplicate, role=f"{split} data")
-    TOKENIZATIONS.append((lang, split))
-    logger.info(f"Tokenizing {len(texts)} {split} sentences of {lang} (cached in {folder}).")
-    encoded = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True,
-                        return_attention_mask=False)["input_ids"]
-    dataset = Dataset.from_dict({"input_ids": encoded})
-    # Written beside the final folder and renamed: a killed run never leaves a half-written cache behind.
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-pid{os.getpid()}-", dir=folder.parent))
-    dataset.save_to_disk(str(partial))
-    try:
-        partial.rename(folder)
-    except OSError:  # another process finished the same language first: keep its copy
-        shutil.rmtree(partial, ignore_errors=True)
-    return load_from_disk(str(folder))
-
-
-# -- sampling and batches
-
-
-def language_probabilities(sizes, sampling, temperature):
-    """p_l proportional to n_l (proportional) or to n_l^(1/T) (temperature), as in XLM-R."""
-    counts = np.asarray(sizes, dtype=np.float64)
-    weights = counts if sampling == "proportional" else counts ** (1.0 / temperature)
-    return weights / weights.sum()
-
-
-class LanguageBatchSampler:
-    """Global batches of `world_size x sentences_per_device` (language, index) pairs.
-
-    The languages of step s are drawn from a generator seeded by (seed, s); each language is read through an endless
-    series of shuffled epochs, and how far each one has been read (its cursor) is the only state, saved in
-    checkpoints. Each rank takes its slice and orders it by language group, so the model's group sort is free.
-    """
-
-    def __init__(self, sizes, probabilities, sentences_per_device, world_size, seed, group_of_language):
-        self.sizes = list(sizes)
-        self.probabilities = np.asarray(probabilities)
-        self.sentences_per_device = sentences_per_device
-        self.world_size = world_size
-        self.seed = seed
-        self.group_of_language = list(group_of_language)
-        self.cursors = [0] * len(self.sizes)
-        self._epochs = {}
-        self._drawn = None  # (step, the step's global batch): the micro-batches of one step share one draw
-
-    def state_dict(self):
-        return {"cursors": list(self.cursors)}
-
-    def load_state_dict(self, state):
-        if len(state["cursors"]) != len(self.sizes):
-            raise ValueError(f"The checkpoint's sampler covers {len(state['cursors'])} languages, this run "
-                             f"{len(self.sizes)}: resume with the same languages.")
-        self.cursors = list(state["cursors"])
-        self._drawn = None
-
-    def _order(self, language, epoch):
-        key = (language, epoch)
-        if key not in self._epochs:
-            self._epochs = {k: v for k, v in self._epochs.items() if k[0] != language}
-            rng = np.random.default_rng([self.seed, language, epoch])
-            self._epochs[key] = rng.permutation(self.sizes[language])
-        return self._epochs[key]
-
-    def _draw(self, step):
-        total = self.sentences_per_device * self.world_size
-        rng = np.random.default_rng([self.seed, 7, step])
-        languages = rng.choice(len(self.sizes), size=total, p=self.probabilities)
-        picked = [None] * total
-        for language in np.unique(languages):
-            where = np.flatnonzero(languages == language)
-            for slot, index in zip(where, self._take(int(language), len(where))):
-                picked[slot] = (int(language), index)
-        return picked
-
-    def _take(self, language, count):
-        indices = []
-        for _ in range(count):
-            epoch, position = divmod(self.cursors[language], self.sizes[language])
-            indices.append(int(self._order(language, epoch)[position]))
-            self.cursors[language] += 1
-        return indices
-
-    def next_batch(self, step, rank):
-        """Slot `rank`'s (language, index) pairs of step `step`, ordered by group then language. The first call for
-        a step draws the step's global batch and advances all cursors; other slots of the same step (a process's
-        accumulation micro-batches) take their part of that draw."""
-        if self._drawn is None or self._drawn[0] != step:
-            self._drawn = (step, self._draw(step))
-        picked = self._drawn[1]
-        mine = picked[rank * self.sentences_per_device:(rank + 1) * self.sentences_per_device]
-        return sorted(mine, key=lambda pair: (self.group_of_language[pair[0]], pair[0]))
-
-
-# -- masking and collation
-
-
-@dataclass
-class MaskingSpec:
-    mask_token_id: int
-    pad_token_id: int
-    vocab_size: int
-    special_token_ids: tuple
-    probability: float = 0.15
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer, probability=0.15):
-        """The tokenizer's mask and pad ids, its size, and its special tokens (never masked) but padding."""
-        return cls(mask_token_id=tokenizer.mask_token_id, pad_token_id=tokenizer.pad_token_id,
-                   vocab_size=len(tokenizer),
-                   special_token_ids=tuple(sorted(set(tokenizer.all_special_ids) - {tokenizer.pad_token_id})),
-                   probability=probability)
-
-
-def mask_tokens(input_ids, spec, generator):
-    """BERT masking: `probability` of the real, non-special tokens are selected; of those 80% become <mask>, 10% a
-    random token, 10% stay. Returns (input_ids, labels) with -100 where nothing is predicted."""
-    eligible = ~torch.isin(input_ids, torch.tensor(spec.special_token_ids + (spec.pad_token_id,)))
-    selected = (torch.rand(input_ids.shape, generator=generator) < spec.probability) & eligible
-    if not selected.any() and eligible.any():
-        # A batch with nothing to predict would give a NaN loss: predict its first real token instead.
-        selected.view(-1)[eligible.view(-1).nonzero()[0]] = True
-    labels = torch.where(selected, input_ids, torch.full_like(input_ids, -100))
-    roll = torch.rand(input_ids.shape, generator=generator)
-    random_tokens = torch.randint(spec.vocab_size, input_ids.shape, generator=generator)
-    masked = input_ids.clone()
-    masked[selected & (roll < 0.8)] = spec.mask_token_id
-    swap = selected & (roll >= 0.8) & (roll < 0.9)
-    masked[swap] = random_tokens[swap]
-    return masked, labels
-
-
-def pad_batch(sequences, pad_token_id):
-    """Right-padded input_ids and attention_mask for a list of token-id lists."""
-    longest = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        attention_mask[row, : len(sequence)] = 1
-    return input_ids, attention_mask
-
-
-def mlm_batch(sequences, lang_ids, spec, generator):
-    """A masked batch: input_ids, attention_mask, labels and lang_ids (one language index per sentence)."""
-    input_ids, attention_mask = pad_batch(sequences, spec.pad_token_id)
-    input_ids, labels = mask_tokens(input_ids, spec, generator)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            "lang_ids": torch.tensor(lang_ids, dtype=torch.long)}
-
-
-def step_generator(seed, step, rank):
-    """The masking generator of one training step on one rank: resumable without saving any RNG state."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 11, step, rank]).generate_state(1)[0]))
-
-
-def eval_batches(lang, lang_id, sequences, spec, batch_size):
-    """The devtest batches of one language, masked with a generator fixed by the language code alone."""
-    generator = torch.Generator().manual_seed(EVAL_SEED + zlib.crc32(lang.encode()))
-    return [mlm_batch(sequences[start:start + batch_size], [lang_id] * len(sequences[start:start + batch_size]),
-                      spec, generator) for start in range(0, len(sequences), batch_size)]
+def read_probe_texts(spec, codes, role, max_sentences=None):
+    """code -> texts of `spec` (a path or mapping as train_mlm.py's sources; `{lang}` is the code, `{flores_plus}`
+    its FLORES+ config name); a language without text is an error naming it."""
+    texts = {}
+    for code in codes:
+        source = resolve_source(spec, code, role)
+        try:
+            texts[code] = collect_texts(code, [source, None], max_sentences, None, False, role)
+        except ValueError as error:
+            raise ValueError(f"No {role} for {code}: {error}") from None
+    return texts
