@@ -102,7 +102,8 @@ def read_jsonl(path):
 
 def test_prepare_data_writes_capped_topped_up_deduplicated_files_and_a_manifest(corpora, tmp_path):
     from mol_toolkit.training.data_preparation import prepare
-    from mol_toolkit.training.trainer import RunData, load_tokenizer
+    from mol_toolkit.training.mlm_data import RunData
+    from mol_toolkit.training.trainer import load_tokenizer
 
     train, devtest = corpora["train"], corpora["devtest"]
     config = run_config(tmp_path)

@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 from mol_toolkit import languages as language_table
 from mol_toolkit.training import mlm_data
-from mol_toolkit.training.trainer import MLMTrainer, RunData, load_tokenizer
+from mol_toolkit.training.mlm_data import RunData
+from mol_toolkit.training.trainer import MLMTrainer, load_tokenizer
 from configs import sweep_preset_path
 from mol_toolkit.run_config import load_run_config, load_sweep_config
 from mol_toolkit.training.metrics import atomic_write_text
@@ -190,8 +191,8 @@ class Sweep:
                     now = time.monotonic()
                     if now - shown[0] >= 0.5 or step == self.base.max_steps:  # at most two redraws a second
                         shown[0] = now
-                        progress.set_postfix(running=run_id(job), step=f"{step}/{self.base.max_steps}",
-                                             loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+                        known = {} if loss is None else {"loss": f"{loss:.3f}", "tok_s": f"{tokens_per_s:,.0f}"}
+                        progress.set_postfix(running=run_id(job), step=f"{step}/{self.base.max_steps}", **known)
             started = time.perf_counter()
             rows = self.run_job(job, shard_label, device, on_step)
             wall += time.perf_counter() - started

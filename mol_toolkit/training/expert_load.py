@@ -4,6 +4,8 @@ loop's logs and by `evaluate_mol.py routing` (the paper's Figure 4)."""
 
 import torch
 
+from mol_toolkit.training.metrics import StepMetrics
+
 
 class ExpertLoad:
     """Real tokens each expert of each routed block received, per language, since the last `reset`."""
@@ -73,3 +75,39 @@ class ExpertLoad:
         """Scalar metrics for trackers: router/block{b}/expert{e} (shares over all languages)."""
         return {f"router/block{block}/expert{e}": share
                 for block, shares in self.by_block().items() for e, share in enumerate(shares)}
+
+
+class RouterMetrics(StepMetrics):
+    """A MoE run's router log: the auxiliary loss of each logged step, and every expert's share of the tokens per
+    routed block (trackers) and per language (metrics.jsonl) since the previous log."""
+
+    wants_router_logits = True
+
+    def __init__(self, model_config, context):
+        self.load = ExpertLoad.for_model(model_config, context.device)
+        self.context = context
+
+    def add(self, output, batch):
+        self.load.add(output.router_logits, batch["attention_mask"], batch["lang_ids"])
+        return {"train/aux_loss": output.aux_loss.detach().double()}
+
+    def values(self, means):
+        self.load.merge(self.context)
+        return {**means, **self.load.metrics()}
+
+    def details(self):
+        details = {"router/load_by_language": self.load.by_language()}
+        self.load.reset()
+        return details
+
+    def state(self):
+        return self.load.total(self.context)  # every process calls it: one all-reduce
+
+    def restore(self, state, is_main):
+        if state is not None:
+            self.load.restore(state, is_main)
+
+
+def step_metrics(model_config, context):
+    """The metrics hook of a run: the router log for a MoE, nothing more otherwise."""
+    return RouterMetrics(model_config, context) if model_config.is_moe else StepMetrics()

@@ -29,9 +29,11 @@ class MetricsLog:
             self.progress = tqdm(total=total_steps, initial=first_step, desc="MLM", unit="step", dynamic_ncols=True)
 
     def step(self, step, loss, tokens_per_s):
+        """One step done; `loss` and `tokens_per_s` are the newest read to the host (None before the first log)."""
         if self.progress is not None:
             self.progress.update(1)
-            self.progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+            if loss is not None:
+                self.progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
         if self.on_step is not None:
             self.on_step(step, loss, tokens_per_s)
 
@@ -60,3 +62,27 @@ def forget_metrics_after(path, step):
 def tracker_config(config):
     """TensorBoard's hparams take scalars only."""
     return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in config.to_dict().items()}
+
+
+class StepMetrics:
+    """What a run logs beside its loss, as a hook of the training loop: the default logs nothing more. A hook's
+    `add` returns device scalars (float64) summed over the micro-batches like the loss, read to the host at log
+    steps only; `values` turns their global means into tracker scalars; `state` / `restore` travel with a checkpoint
+    so that a resumed run logs what the uninterrupted one would."""
+
+    wants_router_logits = False
+
+    def add(self, output, batch):
+        return {}
+
+    def values(self, means):
+        return dict(means)
+
+    def details(self):
+        return {}
+
+    def state(self):
+        return None
+
+    def restore(self, state, is_main):
+        pass

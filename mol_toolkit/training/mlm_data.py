@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mol_toolkit.text_sources import collect_texts
+from mol_toolkit import text_sources
+from mol_toolkit.text_sources import collect_texts, per_language_sources
 
 
 logger = logging.getLogger(__name__)
@@ -241,3 +242,82 @@ def eval_batches(lang, lang_id, sequences, spec, batch_size):
     generator = torch.Generator().manual_seed(EVAL_SEED + zlib.crc32(lang.encode()))
     return [mlm_batch(sequences[start:start + batch_size], [lang_id] * len(sequences[start:start + batch_size]),
                       spec, generator) for start in range(0, len(sequences), batch_size)]
+
+
+# -- a run's data
+
+
+class RunData:
+    """The tokenized training and devtest sentences of every language, and the masking spec."""
+
+    def __init__(self, config, tokenizer, codes):
+        train_sources = per_language_sources(config.train_data, codes, "train_data", config.train_data_overrides)
+        devtest_sources = per_language_sources(config.devtest_data, codes, "devtest_data")
+        supplementary = config.supplementary_data
+        checked = set()  # a gated or missing Hub dataset fails here, with its own message, before any reading
+        for role, sources in (("train_data", train_sources), ("devtest_data", devtest_sources)):
+            for source in sources.values():
+                if "dataset" in source and source["dataset"] not in checked:
+                    checked.add(source["dataset"])
+                    text_sources.check_hub_dataset(source, role)
+        self.codes = codes
+        self.train, self.devtest = [], []
+        for code in codes:
+            extra = text_sources.resolve_source(supplementary, code, "supplementary_data") if supplementary else None
+            self.train.append(tokenized_language(
+                code, "train", [train_sources[code], extra], tokenizer, config.max_length, config.cache_dir,
+                config.max_sentences, config.min_sentences, config.deduplicate))
+            self.devtest.append(tokenized_language(
+                code, "devtest", [devtest_sources[code], None], tokenizer, config.max_length, config.cache_dir,
+                config.eval_sentences, None, False)["input_ids"][:])  # small: held as lists
+        self.masking = MaskingSpec.from_tokenizer(tokenizer, config.mlm_probability)
+
+    def sizes(self):
+        return [len(sentences) for sentences in self.train]
+
+    def amounts(self, config):
+        """Every language's training sentences against the floor and the cap (results.json, the card)."""
+        return data_amounts(config, self.codes, self.sizes())
+
+    def train_sequences(self, pairs):
+        """Token ids of (language, index) pairs, in order: one Arrow read per language, not one per sentence."""
+        by_language = {}
+        for position, (lang, index) in enumerate(pairs):
+            by_language.setdefault(lang, []).append((position, index))
+        sequences = [None] * len(pairs)
+        for lang, wanted in by_language.items():
+            rows = self.train[lang][[index for _, index in wanted]]["input_ids"]
+            for (position, _), ids in zip(wanted, rows):
+                sequences[position] = ids
+        return sequences
+
+
+def data_amounts(config, codes, sizes):
+    """Every language's training sentences against the floor (min_sentences) and the cap (max_sentences): what
+    results.json and the card list."""
+    return {code: {"sentences": int(n), "min_sentences": config.min_sentences, "max_sentences": config.max_sentences,
+                   "below_floor": config.min_sentences is not None and n < config.min_sentences,
+                   "capped": config.max_sentences is not None and n >= config.max_sentences}
+            for code, n in zip(codes, sizes)}
+
+
+def check_data_amounts(config, amounts):
+    """The papers' data rules, refused unless the config says otherwise: the Mixture of Languages paper's floor
+    (Section 3.1: at least 5M sentences, topped up from NLLB's synthetic data) and the Interference Matrix paper's
+    equal amount per language."""
+    below = {code: row["sentences"] for code, row in amounts.items() if row["below_floor"]}
+    if below and not config.allow_below_min_sentences:
+        raise ValueError(
+            f"{len(below)} language(s) have fewer training sentences than min_sentences={config.min_sentences} after "
+            f"any top-up: {below}. The paper tops languages under its floor up with NLLB's synthetic data: give "
+            "supplementary_data (supplementary_corpus for prepare-data), lower min_sentences, or set "
+            "allow_below_min_sentences: true (the run is then not the paper's; results.json and the card say so)."
+        )
+    if config.equal_sentences:
+        unequal = {code: row["sentences"] for code, row in amounts.items() if row["sentences"] != config.max_sentences}
+        if unequal:
+            raise ValueError(
+                f"equal_sentences: every language must have max_sentences={config.max_sentences} training sentences "
+                f"(the Interference Matrix paper's equal data), and {unequal} differ: give more data, lower "
+                "max_sentences, or set equal_sentences: false."
+            )

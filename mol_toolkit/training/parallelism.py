@@ -56,6 +56,12 @@ class ProcessContext:
             dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def reduce(self, tensor):
+        """`tensor` (float64, on the run's device) summed over the run's processes, read to the host as a list."""
+        if self.collective:
+            dist.all_reduce(tensor)
+        return tensor.tolist()
+
     @contextlib.contextmanager
     def main_process_first(self):
         """The main process runs the block first (e.g. tokenization into the shared cache), then the others."""

@@ -14,21 +14,16 @@ import torch
 
 from mol_toolkit import languages as language_table
 from mol_toolkit import text_sources
-from mol_toolkit.training import mlm_data
+from mol_toolkit.files import atomic_write_text
 from mol_toolkit.text_sources import per_language_sources
-from mol_toolkit.training.expert_load import ExpertLoad
+from mol_toolkit.training import mlm_data
 from mol_toolkit.training.checkpointing import CheckpointManager
-from mol_toolkit.training.export import (
-    check_hub_access,
-    export_bundle,
-    full_state_dict,
-    plain_model,
-    render_model_card,
-)
-from mol_toolkit.training.metrics import MetricsLog, atomic_write_text
-from mol_toolkit.training import group_parallel
-from mol_toolkit.training.parallelism import ProcessContext, build_model, choose_threads, resolve_strategy
+from mol_toolkit.training.expert_load import step_metrics
+from mol_toolkit.training.export import check_hub_access, export_bundle, plain_model, render_model_card
+from mol_toolkit.training.metrics import MetricsLog
+from mol_toolkit.training.parallelism import ProcessContext, choose_threads, resolve_strategy
 from mol_toolkit.training.run_folder import RunFolder, check_writable_folder
+from mol_toolkit.training.strategies import STRATEGIES
 
 
 class TrainingDiverged(RuntimeError):
@@ -164,37 +159,6 @@ def dry_run(config, world_size=1):
     }
 
 
-def data_amounts(config, codes, sizes):
-    """Every language's training sentences against the floor (min_sentences) and the cap (max_sentences): what
-    results.json and the card list."""
-    return {code: {"sentences": int(n), "min_sentences": config.min_sentences, "max_sentences": config.max_sentences,
-                   "below_floor": config.min_sentences is not None and n < config.min_sentences,
-                   "capped": config.max_sentences is not None and n >= config.max_sentences}
-            for code, n in zip(codes, sizes)}
-
-
-def check_data_amounts(config, amounts):
-    """The papers' data rules, refused unless the config says otherwise: the Mixture of Languages paper's floor
-    (Section 3.1: at least 5M sentences, topped up from NLLB's synthetic data) and the Interference Matrix paper's
-    equal amount per language."""
-    below = {code: row["sentences"] for code, row in amounts.items() if row["below_floor"]}
-    if below and not config.allow_below_min_sentences:
-        raise ValueError(
-            f"{len(below)} language(s) have fewer training sentences than min_sentences={config.min_sentences} after "
-            f"any top-up: {below}. The paper tops languages under its floor up with NLLB's synthetic data: give "
-            "supplementary_data (supplementary_corpus for prepare-data), lower min_sentences, or set "
-            "allow_below_min_sentences: true (the run is then not the paper's; results.json and the card say so)."
-        )
-    if config.equal_sentences:
-        unequal = {code: row["sentences"] for code, row in amounts.items() if row["sentences"] != config.max_sentences}
-        if unequal:
-            raise ValueError(
-                f"equal_sentences: every language must have max_sentences={config.max_sentences} training sentences "
-                f"(the Interference Matrix paper's equal data), and {unequal} differ: give more data, lower "
-                "max_sentences, or set equal_sentences: false."
-            )
-
-
 def dry_run_epochs(config, codes, train_sources, global_batch):
     """Epochs per language the steps give, where the sentence counts are known without reading the data (the
     counts.json that prepare-data writes beside the training files); else how they follow once the data is read."""
@@ -216,47 +180,6 @@ def dry_run_epochs(config, codes, train_sources, global_batch):
                                             for code, p, n in zip(codes, probabilities, sizes)}}
 
 
-class RunData:
-    """The tokenized training and devtest sentences of every language, and the masking spec."""
-
-    def __init__(self, config, tokenizer, codes):
-        train_sources = per_language_sources(config.train_data, codes, "train_data", config.train_data_overrides)
-        devtest_sources = per_language_sources(config.devtest_data, codes, "devtest_data")
-        supplementary = config.supplementary_data
-        checked = set()  # a gated or missing Hub dataset fails here, with its own message, before any reading
-        for role, sources in (("train_data", train_sources), ("devtest_data", devtest_sources)):
-            for source in sources.values():
-                if "dataset" in source and source["dataset"] not in checked:
-                    checked.add(source["dataset"])
-                    text_sources.check_hub_dataset(source, role)
-        self.codes = codes
-        self.train, self.devtest = [], []
-        for code in codes:
-            extra = text_sources.resolve_source(supplementary, code, "supplementary_data") if supplementary else None
-            self.train.append(mlm_data.tokenized_language(
-                code, "train", [train_sources[code], extra], tokenizer, config.max_length, config.cache_dir,
-                config.max_sentences, config.min_sentences, config.deduplicate))
-            self.devtest.append(mlm_data.tokenized_language(
-                code, "devtest", [devtest_sources[code], None], tokenizer, config.max_length, config.cache_dir,
-                config.eval_sentences, None, False)["input_ids"][:])  # small: held as lists
-        self.masking = mlm_data.MaskingSpec.from_tokenizer(tokenizer, config.mlm_probability)
-
-    def sizes(self):
-        return [len(sentences) for sentences in self.train]
-
-    def train_sequences(self, pairs):
-        """Token ids of (language, index) pairs, in order: one Arrow read per language, not one per sentence."""
-        by_language = {}
-        for position, (lang, index) in enumerate(pairs):
-            by_language.setdefault(lang, []).append((position, index))
-        sequences = [None] * len(pairs)
-        for lang, wanted in by_language.items():
-            rows = self.train[lang][[index for _, index in wanted]]["input_ids"]
-            for (position, _), ids in zip(wanted, rows):
-                sequences[position] = ids
-        return sequences
-
-
 # -- the run
 
 
@@ -266,7 +189,8 @@ class MLMTrainer:
     (`training.checkpointing`), the metrics (`training.metrics`) and the export (`training.export`).
 
     `context` defaults to every process accelerate launched; a caller that trains its own model alone (the sweep)
-    passes `ProcessContext.local()`. `on_step(step, loss, tokens_per_s)` sees every optimizer step."""
+    passes `ProcessContext.local()`. `on_step(step, loss, tokens_per_s)` sees every optimizer step, with the
+    newest loss and throughput read to the host (at log and checkpoint steps; None before the first)."""
 
     def __init__(self, config, context=None, show_progress=True, on_step=None):
         self.config = config
@@ -284,11 +208,7 @@ class MLMTrainer:
         self.context = context
         self.is_main = context.is_main
         self.device = context.device
-        self.strategy = resolve_strategy(config.strategy, context)
-        if config.mixed_precision == "fp16" and self.strategy != "none":
-            raise ValueError(f"mixed_precision=fp16 runs one process without sharding (the Interference Matrix "
-                             f"paper's single-model runs); this run's strategy is {self.strategy!r} on "
-                             f"{context.world_size} processes: use bf16, or one process.")
+        strategy_class = STRATEGIES[resolve_strategy(config.strategy, context)]
         # fp16: dynamic loss scaling keeps small gradients from underflowing (fp32 weights, fp16 compute).
         self.scaler = torch.amp.GradScaler(context.device.type) if config.mixed_precision == "fp16" else None
         self.sentences_per_device, self.accumulation = batch_plan(config, context.world_size)
@@ -302,10 +222,7 @@ class MLMTrainer:
         self.codes, self.groups = resolve_languages_and_groups(config)
         self.tokenizer = load_tokenizer(config)
         self.model_config = model_config(config, self.tokenizer, self.codes, self.groups)
-        if self.strategy == "group_parallel":  # a layout the ranks cannot form fails before any data work
-            group_parallel.check_model(self.model_config)
-            group_parallel.plan_layout(context.world_size, list(self.model_config.language_groups),
-                                       [1.0] * self.model_config.num_groups, config.group_ranks)
+        strategy_class.check(config, self.model_config, context)
         if config.push_to_hub and self.is_main:
             check_hub_access(config.push_to_hub)
         self.checkpoints = CheckpointManager(self.output_dir, context, config.keep_checkpoints)
@@ -317,9 +234,9 @@ class MLMTrainer:
         with context.main_process_first():
             if context.is_main:
                 mlm_data.remove_dead_partials(config.cache_dir)  # a killed run's half-written tokenizations
-            self.data = RunData(config, self.tokenizer, self.codes)
-        self.data_amounts = data_amounts(config, self.codes, self.data.sizes())
-        check_data_amounts(config, self.data_amounts)  # before anything is written
+            self.data = mlm_data.RunData(config, self.tokenizer, self.codes)
+        self.data_amounts = self.data.amounts(config)
+        mlm_data.check_data_amounts(config, self.data_amounts)  # before anything is written
         global_batch, sentences = self.sentences_per_device * context.world_size * self.accumulation, sum(self.data.sizes())
         self.epochs = config.max_steps * global_batch / max(1, sentences)
         if self.is_main and show_progress:
@@ -330,37 +247,19 @@ class MLMTrainer:
         self.checkpoints.remove_leftovers()
         self.metrics = MetricsLog(self.output_dir, context, self.accelerator, config.trackers, show_progress, on_step)
         self.group_of_language = self.model_config.language_to_group()
-        self.layout = self.group_layout() if self.strategy == "group_parallel" else None
+        self.strategy = strategy_class(self)
         # MoE runs log their routers: the auxiliary loss and every expert's share of the tokens per routed block
         # and per language (metrics.jsonl and the trackers).
-        self.expert_load = ExpertLoad.for_model(self.model_config, self.device) if self.model_config.is_moe else None
+        self.metrics_hook = step_metrics(self.model_config, context)
         self.compute_seconds = 0.0  # training steps and evaluation forwards: what is not overhead
         self._eval_batches = None
 
     # -- setup
 
-    def group_layout(self):
-        """The ranks of each language group (group_parallel), checked before any data work is wasted."""
-        config = self.config
-        group_parallel.check_model(self.model_config)
-        probabilities = mlm_data.language_probabilities(self.data.sizes(), config.sampling, config.sampling_temperature)
-        layout = group_parallel.plan_layout(self.context.world_size, list(self.model_config.language_groups),
-                                            group_parallel.group_shares(self.model_config, probabilities),
-                                            config.group_ranks)
-        if self.is_main:
-            print(f"group-parallel layout (group: ranks): {layout.to_dict()}")
-        return layout
-
     def build_model(self):
         from modeling_mol import MoLForMaskedLM
 
-        if self.layout is not None:
-            model, self.autocast = group_parallel.build_group_parallel_model(
-                MoLForMaskedLM, self.model_config, self.context, self.layout, self.config.mixed_precision,
-                self.config.seed)
-            return model
-        model, self.autocast = build_model(MoLForMaskedLM, self.model_config, self.context, self.strategy,
-                                           self.config.mixed_precision, self.config.shard_group_size, self.config.seed)
+        model, self.autocast = self.strategy.build_model(MoLForMaskedLM, self.model_config)
         return model
 
     def build_optimizer(self, model):
@@ -370,11 +269,10 @@ class MLMTrainer:
         decay, no_decay = [], []
         for name, parameter in model.named_parameters():
             (no_decay if excluded_from_weight_decay(name) else decay).append(parameter)
-        # group_parallel: parameters on different device meshes cannot share one foreach kernel.
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.peak_learning_rate, betas=tuple(config.adam_betas), eps=config.adam_epsilon,
-            foreach=False if self.layout is not None else None)
+            **self.strategy.optimizer_options())
         scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup_steps, config.max_steps),
                                                     config.max_steps)
         return optimizer, scheduler
@@ -412,23 +310,21 @@ class MLMTrainer:
                           if k not in ("transformers_version", "attn_implementation", "grouped_gemm_backend")},
                 "sentences_per_device": self.sentences_per_device, "world_size": self.context.world_size,
                 "gradient_accumulation_steps": self.accumulation, "seed": self.config.seed,
-                **({"group_parallel": self.layout.to_dict()} if self.layout is not None else {})}
+                **self.strategy.identity()}
 
     def _states(self, model, optimizer):
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         model_state, optimizer_state = get_state_dict(model, optimizer)
         states = {"model": model_state, "optimizer": optimizer_state}
-        if self.layout is not None:
-            return states, group_parallel.checkpoint_states(states, model, self.layout, self.context.rank)
-        return states, states
+        return states, self.strategy.checkpoint_states(states, model)
 
     def save_checkpoint(self, step, model, optimizer, scheduler, sampler):
-        # A MoE's expert counts since the last log go with it, so that a resumed run logs the same shares.
-        expert_load = self.expert_load.total(self.context) if self.expert_load is not None else None
+        # The metrics hook's state (a MoE's expert counts since the last log) goes with it, so that a resumed run
+        # logs the same shares.
         return self.checkpoints.save(step, self._states(model, optimizer)[1], {
             "step": step, "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
-            "identity": self.run_identity(), "expert_load": expert_load,
+            "identity": self.run_identity(), "expert_load": self.metrics_hook.state(),
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None})
 
     def load_checkpoint(self, path, model, optimizer, scheduler, sampler):
@@ -450,71 +346,35 @@ class MLMTrainer:
         sampler.load_state_dict(recorded["sampler"])
         if self.scaler is not None and recorded.get("grad_scaler") is not None:
             self.scaler.load_state_dict(recorded["grad_scaler"])
-        if self.expert_load is not None and recorded.get("expert_load") is not None:
-            self.expert_load.restore(recorded["expert_load"], self.is_main)
+        self.metrics_hook.restore(recorded.get("expert_load"), self.is_main)
         return recorded["step"]
 
     # -- steps
 
-    def micro_batch(self, sampler, step, micro):
-        slot = micro * self.context.world_size + self.context.rank
-        pairs = sampler.next_batch(step, slot)
-        sequences = self.data.train_sequences(pairs)
-        batch = mlm_data.mlm_batch(sequences, [lang for lang, _ in pairs], self.data.masking,
-                                   mlm_data.step_generator(self.config.seed, step, slot))
-        return {k: v.to(self.device) for k, v in batch.items()}
-
-    def group_parallel_step(self, model, sampler, step):
-        """group_parallel's micro-batches: (loss summed over this rank's token-weighted sentences, tokens)."""
-        loss_sum, tokens = 0.0, 0
-        for micro in range(self.accumulation):
-            batch, _ = group_parallel.micro_batch(
-                sampler, self.data, self.data.masking, self.config.seed, step, micro, self.context.world_size,
-                self.accumulation, self.layout, self.context.rank, self.group_of_language)
-            weights = batch.pop("token_weights").to(self.device)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            started = time.perf_counter()
-            with self.autocast():
-                output = model(**batch)
-            loss = group_parallel.weighted_mlm_loss(output, batch["labels"], weights)
-            loss.backward()
-            self.compute_seconds += time.perf_counter() - started
-            loss_sum += loss.item()
-            tokens += int(batch["attention_mask"].sum())
-        return loss_sum, tokens
-
     def train_step(self, model, optimizer, scheduler, sampler, step):
-        """One optimizer step over `accumulation` micro-batches: (mean loss over the global batch, tokens, norm,
-        mean auxiliary loss or None). A MoE's loss includes router_aux_loss_coef x its auxiliary loss."""
-        loss_sum, aux_sum, tokens = 0.0, 0.0, 0
-        if self.layout is not None:  # the token weights already divide by the slots: the ranks' sum is the mean
-            loss_sum, tokens = self.group_parallel_step(model, sampler, step)
-            group_parallel.sum_gradients(model)
-            grad_norm = self._clip(model)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            mean_loss, tokens = self.context.sum([loss_sum, tokens])
-            return mean_loss, tokens, grad_norm, None
-        for micro in range(self.accumulation):
-            batch = self.micro_batch(sampler, step, micro)
+        """One optimizer step over the strategy's micro-batches: (a float64 device vector, the logged loss then the
+        metrics hook's terms, each such that its sum over the ranks is the global batch's mean; this process's real
+        tokens; the gradient norm before clipping, on the device, or None). Nothing is read to the host here: the
+        loop reads the pending steps at log and checkpoint steps (`read_steps`)."""
+        strategy, hook = self.strategy, self.metrics_hook
+        logged, tokens = None, 0
+        for batch, batch_tokens, extra in strategy.micro_batches(sampler, step):
             started = time.perf_counter()
             with self.autocast():
-                output = model(**batch, output_router_logits=self.expert_load is not None)
-            loss = output.loss / self.accumulation
+                output = model(**batch, output_router_logits=hook.wants_router_logits)
+            loss, value = strategy.micro_loss(output, batch, extra)
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             self.compute_seconds += time.perf_counter() - started
-            if self.expert_load is not None:
-                self.expert_load.add(output.router_logits, batch["attention_mask"], batch["lang_ids"])
-                loss, aux = torch.stack([output.loss.detach().float(), output.aux_loss.detach().float()]).tolist()
-                loss_sum, aux_sum = loss_sum + loss, aux_sum + aux
-            else:
-                loss_sum += output.loss.item()
-            tokens += int(batch["attention_mask"].sum())
+            terms = hook.add(output, batch)
+            self.term_names = list(terms)
+            values = torch.stack([value, *terms.values()])
+            logged = values if logged is None else logged + values
+            tokens += batch_tokens
         started = time.perf_counter()
+        strategy.finish_gradients(model)
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)  # clip the true gradients
-        grad_norm = self._clip(model)
+        grad_norm = strategy.clip(model, self.config.max_grad_norm) if self.config.max_grad_norm else None
         if self.scaler is not None:
             self.scaler.step(optimizer)  # skipped when a gradient overflowed; the scale then backs off
             self.scaler.update()
@@ -523,74 +383,44 @@ class MLMTrainer:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
-            torch.cuda.synchronize()  # the loss is read next anyway; this only makes the timing honest
+            torch.cuda.synchronize()  # only makes the timing honest; nothing is read to the host
         self.compute_seconds += time.perf_counter() - started
-        slots = self.context.world_size * self.accumulation
-        mean_loss, tokens, mean_aux = self.context.sum([loss_sum / slots, tokens, aux_sum / slots])
-        return mean_loss, tokens, grad_norm, mean_aux if self.expert_load is not None else None
+        return logged / strategy.logged_divisor(), tokens, grad_norm
+
+    def read_steps(self, pending, last_checkpoint):
+        """The pending steps' values summed over the ranks in one reduction and read to the host: per step (step,
+        mean loss, {term: mean}, global tokens, gradient norm). A non-finite loss stops the run, naming its step."""
+        logged = torch.stack([values for _, values, _, _ in pending])
+        tokens = torch.tensor([t for _, _, t, _ in pending], dtype=torch.float64, device=logged.device)
+        flat = self.context.reduce(torch.cat([logged.flatten(), tokens]))
+        width = logged.shape[1]
+        rows = []
+        for i, (step, _, _, norm) in enumerate(pending):
+            loss, *terms = flat[i * width:(i + 1) * width]
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"The training loss became {loss} at step {step}: stopping. The last good checkpoint is "
+                    f"{last_checkpoint or 'none (no checkpoint was written yet)'}; lower learning_rate "
+                    f"({self.config.peak_learning_rate}) or check the data.")
+            rows.append((step, loss, dict(zip(self.term_names, terms)), flat[len(pending) * width + i],
+                         None if norm is None else float(norm)))
+        return rows
 
     def evaluate(self, model):
-        """MLM loss per devtest language: the sum of token losses over all ranks' batches / the masked tokens."""
-        if self.layout is not None:
-            return self.evaluate_group_parallel(model)
-        losses = {}
-        world, rank = self.context.world_size, self.context.rank
+        """MLM loss per devtest language (the strategy decides which rank runs which batches)."""
         model.eval()
         with torch.no_grad():
-            for code, batches in zip(self.codes, self.eval_batches()):
-                # Every rank runs the same number of forwards (FSDP gathers weights collectively); the padding
-                # batches count for nothing.
-                rounds = math.ceil(len(batches) / world)
-                total = count = 0.0
-                for round_index in range(rounds):
-                    index = round_index * world + rank
-                    batch = batches[min(index, len(batches) - 1)]
-                    loss = self._eval_loss(model, batch)
-                    if index < len(batches):
-                        masked = (batch["labels"] != -100).sum().item()
-                        total += loss.item() * masked
-                        count += masked
-                total, count = self.context.sum([total, count])
-                losses[code] = total / count
+            losses = self.strategy.evaluate(model)
         model.train()
         return losses
 
-    def _eval_loss(self, model, batch):
+    def eval_loss(self, model, batch):
         """The mean masked-token loss of one devtest batch (its compute time counted)."""
         compute_started = time.perf_counter()
         with self.autocast():
             loss = masked_lm_loss(model(**{k: v.to(self.device) for k, v in batch.items()}), batch["labels"])
         self.compute_seconds += time.perf_counter() - compute_started
         return loss
-
-    def evaluate_group_parallel(self, model):
-        """The same losses, each language's batches run by the ranks of its group (round-robin): every rank runs
-        as many forwards as the busiest (FSDP gathers collectively), repeating one of its batches for nothing."""
-        import torch.distributed as dist
-
-        my_group = self.layout.group_of_rank(self.context.rank)
-        group_ranks = self.layout.ranks[my_group]
-        work = [(lang, batch) for lang, batches in enumerate(self.eval_batches())
-                if self.group_of_language[lang] == my_group
-                for index, batch in enumerate(batches) if index % len(group_ranks) == group_ranks.index(self.context.rank)]
-        rounds = torch.tensor(len(work))
-        dist.all_reduce(rounds, op=dist.ReduceOp.MAX)
-        sums = [0.0] * (2 * len(self.codes))  # (token loss sum, masked tokens) per language
-        model.eval()
-        with torch.no_grad():
-            for round_index in range(int(rounds)):
-                lang, batch = work[min(round_index, len(work) - 1)] if work else (None, None)
-                if batch is None:  # no devtest text in this group: any batch of its languages, for nothing
-                    lang = next(i for i, g in enumerate(self.group_of_language) if g == my_group)
-                    batch = self.eval_batches()[lang][0]
-                loss = self._eval_loss(model, batch)
-                if round_index < len(work):
-                    masked = (batch["labels"] != -100).sum().item()
-                    sums[2 * lang] += loss.item() * masked
-                    sums[2 * lang + 1] += masked
-        model.train()
-        sums = self.context.sum(sums)
-        return {code: sums[2 * i] / sums[2 * i + 1] for i, code in enumerate(self.codes)}
 
     def eval_batches(self):
         """Every language's masked devtest batches, built once: each evaluation of the run reuses them."""
@@ -624,23 +454,25 @@ class MLMTrainer:
         self._write_json(f"sharding-rank{self.context.rank}.json", self.sharding_report(model), every_rank=True)
         last_checkpoint = resume_from
         started, tokens_seen = time.perf_counter(), 0
+        pending, shown = [], (None, None)  # steps not read to the host yet; the newest (loss, tokens/s) read
         model.train()
         for step in range(start, config.max_steps):
-            mean_loss, tokens, grad_norm, aux_loss = self.train_step(model, optimizer, scheduler, sampler, step)
-            if not math.isfinite(mean_loss):
-                raise TrainingDiverged(
-                    f"The training loss became {mean_loss} at step {step + 1}: stopping. The last good checkpoint is "
-                    f"{last_checkpoint or 'none (no checkpoint was written yet)'}; lower learning_rate "
-                    f"({config.peak_learning_rate}) or check the data.")
-            tokens_seen += tokens
             done = step + 1
-            throughput = tokens_seen / max(time.perf_counter() - started, 1e-9)
-            self.metrics.step(done, mean_loss, throughput)
-            if done % max(1, config.log_every) == 0 or done == config.max_steps:
-                self.metrics.log(done, {"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0],
-                                        "train/grad_norm": grad_norm, "train/tokens_per_s": throughput,
-                                        **self._router_metrics(aux_loss)},
-                                 details=self._router_details())
+            pending.append((done, *self.train_step(model, optimizer, scheduler, sampler, step)))
+            log_now = done % max(1, config.log_every) == 0 or done == config.max_steps
+            checkpoint_now = config.checkpoint_every and done % config.checkpoint_every == 0
+            if log_now or checkpoint_now:  # a checkpoint is never written after a non-finite loss
+                rows = self.read_steps(pending, last_checkpoint)
+                pending = []
+                tokens_seen += sum(row[3] for row in rows)
+                _, loss, terms, _, grad_norm = rows[-1]
+                shown = (loss, tokens_seen / max(time.perf_counter() - started, 1e-9))
+            self.metrics.step(done, *shown)
+            if log_now:
+                self.metrics.log(done, {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
+                                        "train/grad_norm": grad_norm, "train/tokens_per_s": shown[1],
+                                        **self.metrics_hook.values(terms)},
+                                 details=self.metrics_hook.details())
             if config.eval_every and done % config.eval_every == 0 and done != config.max_steps:
                 self.metrics.log(done, {f"devtest/{k}": v for k, v in self.evaluate(model).items()})
             if config.checkpoint_every and done % config.checkpoint_every == 0:
@@ -665,31 +497,6 @@ class MLMTrainer:
         self._write_json("results.json", result)
         return result
 
-    def _router_metrics(self, aux_loss):
-        """A MoE's auxiliary loss of this step and every expert's token share per routed block since the last log
-        (summed over the processes); nothing for MoL and dense runs."""
-        if self.expert_load is None:
-            return {}
-        self.expert_load.merge(self.context)
-        return {"train/aux_loss": aux_loss, **self.expert_load.metrics()}
-
-    def _router_details(self):
-        """The per-language shares, for metrics.jsonl only (too many series for a tracker); resets the counts."""
-        if self.expert_load is None:
-            return None
-        details = {"router/load_by_language": self.expert_load.by_language()}
-        self.expert_load.reset()
-        return details
-
-    def _clip(self, model):
-        if not self.config.max_grad_norm:
-            return None
-        if self.layout is not None:
-            return group_parallel.clip_gradients(model, self.config.max_grad_norm)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        return float(norm)
-
     def _write_json(self, name, value, every_rank=False):
         if self.is_main or every_rank:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -700,10 +507,7 @@ class MLMTrainer:
     def export(self, model, devtest):
         """The flat remote-code bundle with tokenizer and model card in output_dir/model (pushed when asked), with
         its language identifier fitted; returns (folder, the identifier's scores or None)."""
-        if self.layout is not None:
-            state = group_parallel.full_state_dict(model, self.layout, self.context)
-        else:
-            state = full_state_dict(model, sharded=self.strategy in ("fsdp", "hsdp"))
+        state = self.strategy.full_state_dict(model)
         target, scores = self.output_dir / "model", None
         if self.is_main:
             plain = plain_model(state, self.model_config)
