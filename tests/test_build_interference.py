@@ -70,6 +70,7 @@ def test_job_list_and_shards_cover_every_run_once():
             parse_shard(bad)
 
 
+@pytest.mark.slow
 def test_default_outputs(uninterrupted):
     rows = result_rows(uninterrupted)
     assert len(rows) == 3 + 3 * 2  # one row per model and evaluated language
@@ -88,6 +89,7 @@ def test_default_outputs(uninterrupted):
     assert timing["tokenizations"] == 6  # train and devtest of each language, once
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_with_exactly_the_uninterrupted_results(shared_cache, uninterrupted):
     out = shared_cache / "killed"
     env = dict(os.environ, PYTHONPATH=str(PROJECT), OMP_NUM_THREADS="1")
@@ -122,6 +124,7 @@ def test_killed_sweep_resumes_with_exactly_the_uninterrupted_results(shared_cach
             assert run["resumed_from_step"] >= 5  # continued from its checkpoint, not from scratch
 
 
+@pytest.mark.slow
 def test_two_shards_cover_the_sweep_exactly_once(shared_cache, uninterrupted):
     out = shared_cache / "sharded"
     first = run_cli(sweep_command(out, "--shard", "0/2"), timeout=600)
@@ -138,6 +141,7 @@ def test_two_shards_cover_the_sweep_exactly_once(shared_cache, uninterrupted):
     assert (out / "dataset" / "README.md").is_file()
 
 
+@pytest.mark.slow
 def test_publish_round_trip_through_the_loopback_hub(uninterrupted, hub):
     from datasets import load_dataset
 
@@ -172,6 +176,7 @@ def test_bad_input_fails_before_any_run(tmp_path, arguments, message):
     assert not (tmp_path / "sweep" / "results").exists()
 
 
+@pytest.mark.slow
 def test_results_of_another_configuration_are_refused(shared_cache, uninterrupted):
     run = run_cli(SCRIPT + ["--languages", LANGUAGES, "--max-steps", "11", "--output-dir", str(uninterrupted)],
                   timeout=300)
@@ -183,6 +188,7 @@ def test_results_of_another_configuration_are_refused(shared_cache, uninterrupte
     assert run.returncode == 2 and "eng_Latn.json comes from a different configuration" in run.stderr
 
 
+@pytest.mark.slow
 def test_an_incomplete_matrix_is_published_only_with_the_flag(shared_cache, uninterrupted, hub):
     import shutil
 

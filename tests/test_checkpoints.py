@@ -137,6 +137,7 @@ def test_save_pretrained_writes_a_flat_remote_code_bundle(models, tokenizer, tmp
         assert all((tmp_path / f"{sibling}.py").is_file() for sibling in get_relative_imports(tmp_path / name)), name
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_in_a_clean_environment_from_a_folder(models, tokenizer, tmp_path):
     mlm, heads = models
     mlm.save_pretrained(tmp_path / "mlm", tokenizer=tokenizer)
@@ -144,6 +145,7 @@ def test_checkpoint_loads_in_a_clean_environment_from_a_folder(models, tokenizer
     assert "clean load OK" in run_clean(expected, tmp_path)
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_in_a_clean_environment_from_the_hub(models, tokenizer, tmp_path, hub):
     mlm, heads = models
     mlm.push_to_hub("mol-org/tiny-mol", tokenizer=tokenizer)

@@ -170,6 +170,7 @@ def test_a_gated_dataset_is_a_clear_error_before_anything_is_written(corpora, hu
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow
 def test_prepare_data_resumes_after_a_kill(corpora, tmp_path):
     """A run killed after its first language: the rerun keeps that file as it is and writes the rest."""
     folder = tmp_path / "data" / "nllb"

@@ -283,12 +283,14 @@ def run_clean_st(path, tmp_path, env=None):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_sentence_transformers_loads_a_bundle_in_a_clean_interpreter(bundle, tmp_path):
     for name in ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json", "mol_sentence_transformers.py"):
         assert (bundle / name).is_file(), name
     assert "sentence-transformers OK" in run_clean_st(st_expected(bundle, bundle, tmp_path), tmp_path)
 
 
+@pytest.mark.slow
 def test_sentence_transformers_loads_a_bundle_from_the_hub(bundle, tmp_path, hub):
     from huggingface_hub import HfApi
 

@@ -173,6 +173,7 @@ def test_interference_matrix_loads_from_the_loopback_hub(tmp_path, hub):
     ("token-overlap", ["--balance", "optimal"]), ("token-overlap", ["--balance", "dendrogram"]),
     ("embedding", ["--encoder", MINILM]), ("balanced-data", []),
 ])
+@pytest.mark.slow
 def test_every_strategy_runs_offline_and_builds_a_model(strategy, extra, tmp_path, tiny_tokenizer_dir):
     counts = tmp_path / "counts.json"
     counts.write_text(json.dumps({c: 1000 * (i + 1) for i, c in enumerate(UDHR_LANGUAGES)}))

@@ -103,6 +103,7 @@ def triton_kernel(built_repo):
     return kernel
 
 
+@pytest.mark.slow
 def test_triton_tests_in_an_interpreter_process():
     if can_interpret_triton():
         pytest.skip("this process interprets Triton: the *triton* tests ran here")
@@ -276,6 +277,7 @@ def compile_for_hopper(kernel, dtype, constants, num_warps, num_stages, unit_str
 @pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests compile and run the kernels there")
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+@pytest.mark.slow
 def test_cuda_kernels_compile_for_hopper_with_tensor_cores_and_pipelining(built_repo, dtype):
     """The compiled (not interpreted) kernels build for an H100 on this CPU machine, with asynchronous, multi-stage
     loads (cp.async) and, for bf16, Hopper's tensor-core instructions (wgmma): the fast path, not a fallback."""
@@ -408,6 +410,7 @@ def test_the_ffn_gelu_runs_in_the_kernels_epilogue(built_repo):
     assert all(inside_kernel(event) for event in gelus)
 
 
+@pytest.mark.slow
 def test_kernels_benchmark_finds_and_verifies_the_repos_workloads(staged_repo):
     """`kernels benchmark` (kernels' own entry point) on the staged repo: every workload of
     benchmarks/benchmark_grouped_linear.py runs on this machine's variant and matches its reference."""
@@ -441,6 +444,7 @@ def test_benchmark_gives_grouped_mm_a_cheap_bias_with_the_right_gradient():
         torch.testing.assert_close(mine, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_benchmark_quick_run_has_the_fair_rows_and_the_per_kernel_split(tmp_path):
     out = tmp_path / "results.json"
     run = subprocess.run([sys.executable, str(HUB_KERNELS / "benchmark.py"), "--quick", "--out", str(out)],

@@ -243,6 +243,7 @@ def bundle_with_heads(tokenizer, udhr, root):
     return folders
 
 
+@pytest.mark.slow
 def test_pipelines_and_sentence_transformers_route_mixed_languages_with_auto_in_a_clean_interpreter(
         tokenizer, udhr, tmp_path):
     folders = bundle_with_heads(tokenizer, udhr, tmp_path)
@@ -272,6 +273,7 @@ def run_fit(*arguments):
                           cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_fit_language_id_gives_a_converted_model_an_identifier(tokenizer, tmp_path):
     from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
 

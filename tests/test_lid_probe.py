@@ -120,6 +120,7 @@ def test_layout_notations_parse_to_the_same_blocks_and_an_ambiguous_one_is_refus
         resolve_group_layers("first=6,shared=9", 24)
 
 
+@pytest.mark.slow
 def test_the_cli_writes_the_outputs_and_the_snippet_trains_that_layout(bundles, tmp_path):
     out = tmp_path / "probe"
     result = run(PROBE + ["--model", str(bundles["dense"]), "--languages", FOUR, "--output-dir", str(out),
@@ -163,6 +164,7 @@ def test_bad_probe_inputs_are_errors(bundles, tmp_path, arguments, message):
     assert not (tmp_path / "out" / "lid_probe.json").exists()
 
 
+@pytest.mark.slow
 def test_a_model_with_group_blocks_is_probed_with_a_warning(bundles, tmp_path):
     result = run(PROBE + ["--model", str(bundles["grouped"]), "--languages", "eng_Latn,fra_Latn,rus_Cyrl",
                           "--output-dir", str(tmp_path / "out"), "--no-progress"])
@@ -171,6 +173,7 @@ def test_a_model_with_group_blocks_is_probed_with_a_warning(bundles, tmp_path):
     assert len(json.loads((tmp_path / "out" / "lid_probe.json").read_text())["accuracy"]) == 4
 
 
+@pytest.mark.slow
 def test_the_paper_preset_is_section_3_5s_study_and_every_choice_is_labelled(bundles, tmp_path):
     from mol_toolkit.evaluation.lid_probe import PRESETS
     from mol_toolkit.languages import PAPER_GROUPS_30, resolve_languages

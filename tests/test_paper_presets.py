@@ -162,6 +162,7 @@ def test_a_world_size_that_cannot_make_the_global_batch_is_refused_naming_the_si
 
 
 @pytest.mark.parametrize("processes", ["8", "32", "128"])
+@pytest.mark.slow
 def test_the_dry_run_prints_global_batch_steps_epochs_and_group_blocks(processes, tmp_path):
     result = subprocess.run([sys.executable, str(PROJECT / "train_mlm.py"), "--config", str(CONFIGS / "mol30_lid.yaml"),
                              "--dry-run"], cwd=PROJECT, capture_output=True, text=True, timeout=300,

@@ -156,6 +156,7 @@ def test_tokenization_happens_once_per_language_and_is_reused(tmp_path):
 # -- single-process runs
 
 
+@pytest.mark.slow
 def test_run_resumes_exactly_after_a_kill(tmp_path, cache_dir):
     """A run SIGKILLed after its first checkpoint and resumed logs the same losses as an uninterrupted run (fp32)."""
     common = ["--cache-dir", cache_dir, "--trackers", "[]", "--max-steps", "40", "--checkpoint-every", "5",

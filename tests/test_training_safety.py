@@ -207,6 +207,7 @@ def test_a_second_run_into_a_locked_folder_names_the_holder(tmp_path, cache):
     assert result.returncode == 2 and "Another run is using" in result.stderr and "process 4242 on tester" in result.stderr
 
 
+@pytest.mark.slow
 def test_overwrite_starts_afresh_and_resume_may_extend_max_steps(tmp_path, cache, finished_run):
     import shutil
 
@@ -224,6 +225,7 @@ def test_overwrite_starts_afresh_and_resume_may_extend_max_steps(tmp_path, cache
 
 # -- checkpoints ----------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, cache, finished_run):
     import shutil
 
@@ -302,6 +304,7 @@ def test_global_batch_size_sets_the_accumulation(tmp_path, cache):
         accumulation_steps(config, 3)
 
 
+@pytest.mark.slow
 def test_dry_run_of_a_paper_preset_works_offline(tmp_path):
     result = run(TRAIN + ["--config", str(PROJECT / "configs" / "mol90_lid.yaml"), "--dry-run", "--output-dir",
                           str(tmp_path / "never")], env=env(HF_HUB_OFFLINE="1"))

@@ -448,6 +448,7 @@ def test_q_k_and_v_run_as_one_gemm_with_the_numbers_of_three(layout):
 
 
 # ---- torch.compile and torch.export ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_blocks_compile_with_fullgraph_and_give_the_same_outputs(tester):
     model = tester.model()
     expected = [model(**tester.inputs(seed)).logits for seed in range(3)]
@@ -457,6 +458,7 @@ def test_blocks_compile_with_fullgraph_and_give_the_same_outputs(tester):
         torch.testing.assert_close(model(**tester.inputs(seed)).logits, expected[seed], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_whole_model_compiles_without_graph_breaks(tester):
     model, inputs = tester.model(), tester.inputs()
     explanation = torch._dynamo.explain(model)(**inputs)
