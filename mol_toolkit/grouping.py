@@ -244,14 +244,15 @@ CARD_POOLING = {"facebook/MEXMA": "first"}
 def parse_encoder_spec(spec):
     """'NAME' or 'NAME:POOLING' (POOLING one of auto, mean, first) -> (name, pooling)."""
     name, _, pooling = spec.rpartition(":")
-    if name and pooling in POOLINGS:
-        return name, pooling
-    return spec, "auto"
+    name, pooling = (name, pooling) if name and pooling in POOLINGS else (spec, "auto")
+    check_not_sonar(name)  # before any look-up of the name on the Hub
+    return name, pooling
 
 
 def encoder_pooling(name, pooling="auto"):
     """The pooling an encoder's card prescribes: a sentence-transformers `1_Pooling/config.json` beside it (CLS ->
     first, mean -> mean), else the known cards (CARD_POOLING), else mean; an explicit choice wins."""
+    check_not_sonar(name)
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r} is unknown: use one of {list(POOLINGS)}.")
     if pooling != "auto":
@@ -306,11 +307,15 @@ SONAR_UNAVAILABLE = (
 )
 
 
+def check_not_sonar(name):
+    if isinstance(name, str) and name.strip().lower() in SONAR_NAMES:
+        raise ValueError(f"The encoder {name!r}: {SONAR_UNAVAILABLE}")
+
+
 def load_encoder(name):
     from transformers import AutoModel, AutoTokenizer
 
-    if isinstance(name, str) and name.strip().lower() in SONAR_NAMES:
-        raise ValueError(f"--similarity-encoder {name!r}: {SONAR_UNAVAILABLE}")
+    check_not_sonar(name)
     try:
         return AutoTokenizer.from_pretrained(name), AutoModel.from_pretrained(name).eval()
     except Exception as error:

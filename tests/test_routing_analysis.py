@@ -147,6 +147,7 @@ def test_bad_input_is_refused_before_the_model_runs(trained_moe, tmp_path, capsy
         SentenceEncoder(str(mol), random_routing_seed=0)
 
 
+@pytest.mark.slow
 def test_the_paper_preset_is_section_5_1s_setting(trained_moe, tmp_path, hub, monkeypatch):
     """Figure 4's histogram from MassiveIntent test sentences in English and French (Khmer is not among the model's
     languages: said), Table 7's loss on the devtest text and its accuracy on English MassiveIntent."""

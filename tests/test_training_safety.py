@@ -260,6 +260,7 @@ def test_a_killed_runs_temporary_tokenization_is_removed_and_a_live_ones_kept(tm
     assert not gone.exists() and live.exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_an_error_naming_the_checkpoint_and_no_checkpoint_looks_complete(tmp_path, cache, finished_run):
     out = tmp_path / "full-disk"
 
@@ -320,6 +321,7 @@ def test_dry_run_of_a_paper_preset_works_offline(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_threads_are_chosen_and_reported(tmp_path, cache):
     result = run(TRAIN + tiny_flags(tmp_path / "run", cache, "--max-steps", "1", "--threads", "1"))
     assert result.returncode == 0 and "torch intra-op threads: 1 (the run config's threads)" in result.stdout
@@ -327,6 +329,7 @@ def test_threads_are_chosen_and_reported(tmp_path, cache):
 
 # -- the sweep and group_languages.py -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bad_sweep_inputs_are_refused_before_any_run(tmp_path):
     preset = tmp_path / "fsdp.yaml"
     preset.write_text(f"base: {PROJECT / 'configs' / 'interference' / 'tiny.yaml'}\nstrategy: fsdp\n")
