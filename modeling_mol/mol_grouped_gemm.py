@@ -24,9 +24,15 @@ import torch.nn.functional as F
 from transformers.utils import logging
 
 
+try:  # in an exported checkpoint the configuration is a sibling file
+    from .configuration_mol import GROUPED_GEMM_BACKENDS
+except ImportError:  # in this project it is the `configuration_mol` package beside `modeling_mol`
+    from configuration_mol.configuration_mol import GROUPED_GEMM_BACKENDS
+
+
 logger = logging.get_logger(__name__)
 
-BACKENDS = ("auto", "hub_kernel", "grouped_mm", "loop")
+BACKENDS = GROUPED_GEMM_BACKENDS  # "auto", then the implementations in the order auto tries them
 _LOADED_KERNELS = {}
 _LOGGED_PATHS = set()
 
@@ -194,23 +200,37 @@ class MoLGroupedGemm:
         return _activate(implementation(x, weight, bias, offsets), activation)
 
     def _choose(self, x, weight):
-        if self.backend in ("auto", "hub_kernel"):
-            kernel, reason = self._hub_kernel(x)
-            if kernel is not None:
-                variant = f"torch-{getattr(kernel, 'BACKEND', x.device.type)}"
-                _log_once(f"the Hub kernel {self.kernel_repo} v{self.kernel_version} ({variant} variant)", None)
-                return _fused(kernel.grouped_linear)
-            if self.backend == "hub_kernel":
-                raise RuntimeError(f"grouped_gemm_backend='hub_kernel' but the kernel cannot be used: {reason}.")
-        if self.backend in ("auto", "grouped_mm"):
-            reason = grouped_mm_unsupported_reason(x, weight)
-            if reason is None:
-                _log_once(f"torch grouped_mm on {x.device.type}", None)
-                return grouped_linear_grouped_mm
-            if self.backend == "grouped_mm":
-                raise RuntimeError(f"grouped_gemm_backend='grouped_mm' cannot run here: {reason}.")
-        _log_once(f"the per-group loop on {x.device.type}", None if self.backend == "loop" else reason)
-        return grouped_linear_loop
+        """The first implementation of BACKENDS (after "auto") that can run here, through the CHOOSERS table, or
+        the forced backend; a forced backend that cannot run is an error naming why."""
+        names = BACKENDS[1:] if self.backend == "auto" else (self.backend,)
+        reason = None
+        for name in names:
+            implementation, reason = CHOOSERS[name](self, x, weight, reason)
+            if implementation is not None:
+                return implementation
+            if self.backend != "auto":
+                raise RuntimeError(f"grouped_gemm_backend={name!r} cannot run here: {reason}.")
+        raise AssertionError(f"no grouped-GEMM implementation ran ({reason})")  # the loop always can
+
+    def _choose_hub_kernel(self, x, weight, previous=None):
+        kernel, reason = self._hub_kernel(x)
+        if kernel is None:
+            return None, f"the kernel cannot be used: {reason}"
+        variant = f"torch-{getattr(kernel, 'BACKEND', x.device.type)}"
+        _log_once(f"the Hub kernel {self.kernel_repo} v{self.kernel_version} ({variant} variant)", None)
+        return _fused(kernel.grouped_linear), None
+
+    def _choose_grouped_mm(self, x, weight, previous=None):
+        reason = grouped_mm_unsupported_reason(x, weight)
+        if reason is not None:
+            return None, reason
+        _log_once(f"torch grouped_mm on {x.device.type}", None)
+        return grouped_linear_grouped_mm, None
+
+    def _choose_loop(self, x, weight, previous=None):
+        """Always runs; `previous` is why the implementation tried before it could not."""
+        _log_once(f"the per-group loop on {x.device.type}", None if self.backend == "loop" else previous)
+        return grouped_linear_loop, None
 
     def _hub_kernel(self, x):
         if not self.kernel_repo:
@@ -233,3 +253,13 @@ class MoLGroupedGemm:
             if self.backend == "auto":
                 logger.warning_once(f"MoL: the grouped-GEMM kernel {self.kernel_repo} did not load ({reason}).")
             return None, reason
+
+
+# Backend name -> how it is chosen (an implementation, or None and the reason it cannot run here; each is told why the
+# one tried before it could not), as transformers
+# keeps its attention and experts implementations in a registry. Every name of BACKENDS but "auto" has one.
+CHOOSERS = {
+    "hub_kernel": MoLGroupedGemm._choose_hub_kernel,
+    "grouped_mm": MoLGroupedGemm._choose_grouped_mm,
+    "loop": MoLGroupedGemm._choose_loop,
+}

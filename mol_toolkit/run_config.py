@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from configuration_mol.configuration_mol import GROUPED_GEMM_BACKENDS
+
 
 def _key(default, help, section, **kwargs):
     return field(default=default, metadata={"help": help, "section": section, **kwargs})
@@ -323,7 +325,7 @@ CHECKS = {
     "hidden_dropout_prob": real(0, 1, high_open=True),
     "attention_probs_dropout_prob": real(0, 1, high_open=True),
     "attn_implementation": text(optional=True),
-    "grouped_gemm_backend": one_of(("auto", "hub_kernel", "grouped_mm", "loop")),
+    "grouped_gemm_backend": one_of(GROUPED_GEMM_BACKENDS),
     "tokenizer": text(),
     "train_data": kinds(str, dict, **_SOURCE),
     "train_data_overrides": kinds(dict, optional=True, what="a mapping language -> source"),

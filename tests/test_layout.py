@@ -128,3 +128,22 @@ def test_no_import_cycles(root, packages):
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# -- one home for each shared list ------------------------------------------------------------------------------------
+
+def test_one_list_of_grouped_gemm_backends_and_a_chooser_for_each():
+    from configuration_mol.configuration_mol import GROUPED_GEMM_BACKENDS
+    from modeling_mol import mol_grouped_gemm
+    from mol_toolkit.run_config import CHECKS
+
+    assert mol_grouped_gemm.BACKENDS is GROUPED_GEMM_BACKENDS
+    assert list(mol_grouped_gemm.CHOOSERS) == list(GROUPED_GEMM_BACKENDS[1:])  # the order auto tries them
+    with pytest.raises(ValueError, match=r"grouped_gemm_backend 'cutlass' is not valid: use one of"):
+        CHECKS["grouped_gemm_backend"]("grouped_gemm_backend", "cutlass")
+
+
+def test_every_run_config_key_has_its_check():
+    from mol_toolkit.run_config import CHECKS, KEYS
+
+    assert set(CHECKS) == set(KEYS)
