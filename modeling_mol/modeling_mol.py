@@ -843,19 +843,31 @@ class MoLModel(MoLPreTrainedModel):
 
     def forward(
         self,
-        input_ids=None,
-        attention_mask=None,
-        languages=None,
-        lang_ids=None,
-        token_type_ids=None,
-        position_ids=None,
-        inputs_embeds=None,
-        output_hidden_states=None,
-        return_dict=None,
-        output_attentions=None,
-        output_router_logits=None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        languages: str | list[str] | None = None,
+        lang_ids: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        output_attentions: bool | None = None,
+        output_router_logits: bool | None = None,
         **kwargs,
-    ):
+    ) -> "MoLModelOutput | tuple":
+        """Encode a padded batch; every sentence goes through its language group's copy of the group blocks.
+
+        Args:
+            input_ids / inputs_embeds: (batch, seq_len) token ids, or (batch, seq_len, hidden) embeddings; one of them.
+            attention_mask: (batch, seq_len), 1 for real tokens; padding is never computed.
+            languages: each sentence's language: one code for the whole batch, one per sentence, or "auto" (the
+                checkpoint's language identifier decides). Codes are FLORES codes of `config.languages` (`fra_Latn`).
+            lang_ids: the same as (batch,) indices into `config.languages`; give `languages` or `lang_ids`.
+            Neither: `config.default_language` routes every sentence (a code, or "auto"); with no default either,
+            a model with group blocks raises, naming the remedies (a dense MoL or a MoE needs no language).
+            output_router_logits: the MoE baselines' gate logits per routed block (transformers' MoE layout).
+        """
         output_hidden_states, output_attentions, return_dict = self._output_flags(
             output_hidden_states, output_attentions, return_dict
         )
