@@ -175,6 +175,9 @@ class RunConfig:
             check(name, getattr(self, name))
         if self.min_sentences is not None and self.max_sentences is not None and self.min_sentences > self.max_sentences:
             raise ValueError(f"min_sentences={self.min_sentences} exceeds max_sentences={self.max_sentences}.")
+        if self.resume is not None and self.overwrite:
+            raise ValueError(f"resume={self.resume!r} and overwrite=true contradict each other: --resume continues "
+                             "the run in output_dir, --overwrite deletes it; give one of them.")
         if self.sentences_per_device == "auto" and self.global_batch_size is None:
             raise ValueError("sentences_per_device=auto follows from global_batch_size, which is not set: set "
                              "global_batch_size (the paper: 38400 for 30 languages, 153600 for 90) or an integer "

@@ -51,6 +51,24 @@ def _has_run(folder):
     return any((folder / name).exists() for name in (RECORD, "metrics.jsonl", "checkpoints", "results.json"))
 
 
+def steps_done(folder):
+    """The most steps a run in `folder` has trained: its results.json's, or its newest checkpoint's; None if none."""
+    import re
+
+    found = []
+    results = folder / "results.json"
+    if results.is_file():
+        try:
+            found.append(int(json.loads(results.read_text(encoding="utf-8"))["steps"]))
+        except (ValueError, KeyError, TypeError):
+            pass
+    for entry in (folder / "checkpoints").glob("step-*") if (folder / "checkpoints").is_dir() else []:
+        match = re.fullmatch(r"step-(\d+)", entry.name)
+        if match:
+            found.append(int(match.group(1)))
+    return max(found) if found else None
+
+
 class RunFolder:
     """The main process's hold on `folder` for one run (other ranks only read)."""
 
@@ -115,6 +133,13 @@ class RunFolder:
             raise RunFolderError(
                 f"{self.folder} already holds a run: continue it with --resume, start it afresh with --overwrite "
                 "(deleting it), or choose another output_dir."
+            )
+        done, wanted = steps_done(self.folder), self.settings.get("max_steps")
+        if done is not None and isinstance(wanted, int) and wanted < done:
+            raise RunFolderError(
+                f"{self.folder} holds a run trained to step {done}; resuming it with max_steps={wanted} cannot undo "
+                f"steps (nothing was changed): give max_steps >= {done} to continue it, or train the shorter run in "
+                "another output_dir."
             )
         record = self.folder / RECORD
         if not record.is_file():
