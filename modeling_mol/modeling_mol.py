@@ -16,6 +16,7 @@ code: they import each other only as `from .name import X`.
 import inspect
 import os
 import shutil
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 import torch
@@ -524,6 +525,11 @@ class MoLPreTrainedModel(PreTrainedModel):
         if languages is not None:
             if isinstance(languages, str):
                 languages = [languages] * batch_size
+            if isinstance(languages, (Set, Mapping)):  # no order: a text could take another text's code
+                raise ValueError(
+                    f"`languages` must be one code or a list with one code per sentence, in the batch's order; got "
+                    f"{type(languages).__name__} {languages!r}."
+                )
             languages = list(languages)
             if len(languages) != batch_size:
                 raise ValueError(

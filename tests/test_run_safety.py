@@ -36,3 +36,18 @@ def test_resuming_a_finished_run_with_fewer_steps_is_refused_and_changes_nothing
     with pytest.raises(RunFolderError, match=r"trained to step 4; resuming it with max_steps=2 cannot undo steps"):
         MLMTrainer(tiny(tmp_path, max_steps=2, resume="latest"), show_progress=False)
     assert digests(tmp_path / "run") == before
+
+
+@pytest.mark.parametrize("languages", [{"eng_Latn", "fra_Latn"}, frozenset({"eng_Latn"}), {"eng_Latn": 0, "fra_Latn": 1}])
+def test_languages_without_an_order_are_refused(languages):
+    import torch
+    from conftest import tiny_config_kwargs
+
+    from configuration_mol import MoLConfig
+    from modeling_mol import MoLModel
+
+    model = MoLModel(MoLConfig(**tiny_config_kwargs())).eval()
+    ids = torch.tensor([[0, 5, 6, 2], [0, 7, 8, 2]])
+    with pytest.raises(ValueError, match=r"`languages` must be one code or a list with one code per sentence"):
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), languages=languages)
+    assert model(input_ids=ids, attention_mask=torch.ones_like(ids), languages=("eng_Latn", "fra_Latn")) is not None
