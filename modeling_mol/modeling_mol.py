@@ -458,7 +458,11 @@ class MoLPreTrainedModel(PreTrainedModel):
         to_language = torch.tensor([known.index(c) if c in known else -1 for c in config.language_identifier_labels],
                                    dtype=torch.long, device=device)
         routed = to_language[labels]
-        fell_back = (routed < 0) | (confidences < config.language_identifier_threshold)
+        # A text with no real token (empty, only special or padding tokens) has nothing to identify: its "prediction"
+        # is the identifier's bias alone, so it always goes to the fallback, whatever its confidence.
+        empty = (attention_mask.bool() & ~torch.isin(input_ids, ignored)).sum(-1) == 0
+        confidences = torch.where(empty, torch.zeros_like(confidences), confidences)
+        fell_back = (routed < 0) | (confidences < config.language_identifier_threshold) | empty
         fallback = config.identifier_fallback()
         codes = [config.language_identifier_labels[i] for i in labels.tolist()]
         if fallback == "error":
@@ -472,7 +476,10 @@ class MoLPreTrainedModel(PreTrainedModel):
         config, problems = self.config, []
         for index in fell_back.nonzero().flatten().tolist()[:5]:
             code, confidence = codes[index], float(confidences[index])
-            if code not in config.languages:
+            if confidence == 0.0:
+                problems.append(f"text {index} has no real token (empty, or only special and padding tokens): there "
+                                "is nothing to identify")
+            elif code not in config.languages:
                 problems.append(f"text {index} was identified as {code!r} (confidence {confidence:.2f}), which this "
                                 "model does not know")
             else:

@@ -309,3 +309,21 @@ def test_fit_language_id_gives_a_converted_model_an_identifier(tokenizer, tmp_pa
         done = run_fit("--model", str(tmp_path / "converted"), *arguments)
         assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "x").exists()
+
+
+def test_texts_with_no_real_token_go_to_the_fallback_or_are_an_error_naming_them(auto_model, tokenizer):
+    encoded = tokenizer(["", "Bonjour à tous, le monde entier", "\U0001F600"], padding=True, return_tensors="pt")
+    found = auto_model.identify_languages(encoded["input_ids"], encoded["attention_mask"])
+    real = (encoded["attention_mask"].bool() & ~torch.isin(
+        encoded["input_ids"], torch.tensor(auto_model.config.language_identifier_ignored_ids))).sum(-1)
+    for index in (0, 2):
+        if real[index] == 0:  # the emoji may be one <unk> token, which is a special token too
+            assert bool(found.fell_back[index]) and float(found.confidences[index]) == 0.0
+            assert found.routed_codes[index] == "eng_Latn"  # the default language
+    assert real[0] == 0
+    auto_model.set_default_language("eng_Latn", fallback="error")
+    try:
+        with pytest.raises(ValueError, match=r"text 0 has no real token"):
+            auto_model.identify_languages(encoded["input_ids"], encoded["attention_mask"])
+    finally:
+        auto_model.set_default_language("eng_Latn", fallback=None)
