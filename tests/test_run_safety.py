@@ -51,3 +51,11 @@ def test_languages_without_an_order_are_refused(languages):
     with pytest.raises(ValueError, match=r"`languages` must be one code or a list with one code per sentence"):
         model(input_ids=ids, attention_mask=torch.ones_like(ids), languages=languages)
     assert model(input_ids=ids, attention_mask=torch.ones_like(ids), languages=("eng_Latn", "fra_Latn")) is not None
+
+
+@pytest.mark.parametrize("key, value, owner", [("shard_group_size", 2, "hsdp"), ("group_ranks", {"germanic": 1}, "group_parallel")])
+def test_options_of_another_strategy_are_refused_not_ignored(tmp_path, key, value, owner):
+    with pytest.raises(ValueError, match=rf"{key}=.* is an option of strategy '{owner}', and this run's strategy is "
+                                         r"'none'"):
+        MLMTrainer(tiny(tmp_path, **{key: value}), show_progress=False)
+    assert not (tmp_path / "run").exists()

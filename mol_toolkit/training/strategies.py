@@ -33,6 +33,11 @@ class SingleProcess:
     @classmethod
     def check(cls, config, model_config, context):
         """What this strategy refuses, checked before any data work."""
+        for key, owner in (("shard_group_size", "hsdp"), ("group_ranks", "group_parallel")):
+            if getattr(config, key) is not None and cls.name != owner:
+                raise ValueError(f"{key}={getattr(config, key)!r} is an option of strategy {owner!r}, and this run's "
+                                 f"strategy is {cls.name!r} ({context.world_size} process(es)): remove it, or set "
+                                 f"strategy: {owner}.")
         if config.mixed_precision == "fp16" and not cls.supports_fp16:
             raise ValueError(f"mixed_precision=fp16 runs one process without sharding (the Interference Matrix "
                              f"paper's single-model runs); this run's strategy is {cls.name!r} on "
