@@ -120,3 +120,14 @@ def test_section5_end_to_end_at_the_tiny_scale(tmp_path, monkeypatch):
     assert "| task | language | alone |" in table and "delta" in table
     with pytest.raises(ValueError, match="holds no summary.json"):
         build_interference.downstream(type("Args", (), {"output_dir": str(out), "evaluation": str(tmp_path)})())
+
+
+@pytest.mark.parametrize("arguments", [["--target", "eng_Latn"], ["--group", "eng_Latn,fra_Latn"]])
+def test_a_matrix_cell_without_a_value_is_an_error_not_dropped(tmp_path, capsys, arguments):
+    matrix = hand_made_matrix(tmp_path)
+    lines = matrix.read_text().splitlines()
+    matrix.write_text("\n".join(line for line in lines if not line.startswith("eng_Latn,rus_Cyrl,")) + "\n")
+    out = tmp_path / "plan"
+    assert partners("--matrix", matrix, *arguments, "--count", 1, "--output-dir", out) == 2
+    assert "I[eng_Latn][rus_Cyrl] = nan" in capsys.readouterr().err
+    assert not (out / "plan.json").exists()

@@ -43,9 +43,22 @@ def check_code(code, matrix, what):
     return resolved
 
 
+def check_finite(matrix, rows, what):
+    """Every off-diagonal cell of `rows` is a finite number: a NaN (a missing run) or an infinity is an error naming
+    the cells, never dropped in silence."""
+    bad = [(a, b, matrix.at[a, b]) for a in rows for b in matrix.columns
+           if b != a and not math.isfinite(float(matrix.at[a, b]))]
+    if bad:
+        cells = ", ".join(f"I[{a}][{b}] = {value}" for a, b, value in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise ValueError(f"The matrix has {len(bad)} cell(s) without a finite value for {what}: {cells}. A NaN is a "
+                         "run the sweep did not finish: complete it (build_interference.py resumes), or choose another "
+                         "target or group.")
+
+
 def ranked_partners(matrix, target):
-    """(code, I[target][code]) of every other language with a value, from the least to the most interference."""
-    row = matrix.loc[target].drop(target).dropna()
+    """(code, I[target][code]) of every other language, from the least to the most interference."""
+    check_finite(matrix, [target], f"the target {target}")
+    row = matrix.loc[target].drop(target)
     return sorted(row.items(), key=lambda item: (-item[1], item[0]))
 
 
@@ -67,11 +80,8 @@ def additions(matrix, group, count=1):
     """For a group of languages: the candidates (every other language) friendliest and least friendly to it, by the
     mean over the group of I[g][candidate]. The paper's Table 3 adds one language at a time to the group."""
     candidates = [code for code in matrix.columns if code not in group]
-    scores = {}
-    for code in candidates:
-        values = [matrix.at[g, code] for g in group]
-        if not any(math.isnan(v) for v in values):
-            scores[code] = float(np.mean(values))
+    check_finite(matrix.loc[:, candidates], group, f"the group {list(group)}")
+    scores = {code: float(np.mean([matrix.at[g, code] for g in group])) for code in candidates}
     ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
     if isinstance(count, bool) or not isinstance(count, int) or count < 1 or 2 * count > len(ranked):
         raise ValueError(f"--count {count!r} needs {2 * (count if isinstance(count, int) else 0)} candidates outside "
