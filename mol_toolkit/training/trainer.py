@@ -164,12 +164,14 @@ def dry_run_epochs(config, codes, train_sources, global_batch):
     counts.json that prepare-data writes beside the training files); else how they follow once the data is read."""
     from mol_toolkit.training.data_preparation import COUNTS
 
-    counts = {}
+    counts, read = {}, {}  # each counts.json read once, however many languages share it
     for code in codes:
         path = train_sources[code].get("path")
         counts_file = Path(os.path.expanduser(path)).parent / COUNTS if path else None
-        if counts_file is not None and counts_file.is_file():
-            counts.update({k: v for k, v in json.loads(counts_file.read_text(encoding="utf-8")).items() if k == code})
+        if counts_file is not None and counts_file not in read:
+            read[counts_file] = json.loads(counts_file.read_text(encoding="utf-8")) if counts_file.is_file() else {}
+        if counts_file is not None and code in read[counts_file]:
+            counts[code] = read[counts_file][code]
     if set(counts) != set(codes):
         rule = ("the same for every language: steps x global batch / all sentences" if config.sampling == "proportional"
                 else "steps x global batch x p_l / n_l")
